@@ -1,0 +1,111 @@
+"""`tailor data`: check a data file, or prepare a versioned training set from tailor.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from llmtailor.cli import options
+from llmtailor.cli.output import console, emit_json
+
+app = typer.Typer(
+    help="Validate chat/Alpaca JSONL, and prepare a deduplicated, PII-redacted, versioned train/eval split.",
+    no_args_is_help=True,
+)
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="JSONL file of chat ({messages}) or Alpaca rows.")],
+    config: Annotated[
+        Path | None,
+        typer.Option("-c", "--config", help="tailor.yaml: enables the token-length check with its model."),
+    ] = None,
+    max_seq_len: Annotated[
+        int | None, typer.Option("--max-seq-len", help="Token limit (default: data.max_seq_len; needs -c).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, chat or alpaca.")] = "auto",
+    json_out: bool = options.JSON,
+) -> None:
+    """Report every bad row as `file:line: field: problem`; exit 1 if any row is bad."""
+    from llmtailor.data.validate import validate_file
+
+    if fmt not in ("auto", "chat", "alpaca"):
+        raise typer.BadParameter("must be auto, chat or alpaca", param_hint="--format")
+    tokenizer = None
+    system_prompt = None
+    if config is not None:
+        from llmtailor.config import load_config
+        from llmtailor.models import load_tokenizer
+
+        cfg = load_config(config)
+        tokenizer = load_tokenizer(cfg.model)
+        max_seq_len = max_seq_len or cfg.data.max_seq_len
+        system_prompt = cfg.data.system_prompt
+    elif max_seq_len is not None and not json_out:
+        console.print("[yellow]--max-seq-len needs -c tailor.yaml (a tokenizer to count with); lengths not checked")
+
+    report = validate_file(file, tokenizer=tokenizer, max_seq_len=max_seq_len, system_prompt=system_prompt, fmt=fmt)
+    if json_out:
+        emit_json(report.as_dict())
+    else:
+        for err in report.errors:
+            console.print(str(err), markup=False, highlight=False, soft_wrap=True)
+        colour = "red" if report.rows_bad else "green"
+        console.print(
+            f"[{colour}]{report.rows_ok} of {report.rows_total} rows ok, {report.rows_bad} bad "
+            f"({len(report.errors)} problems)[/]" + ("" if tokenizer is not None else "; token lengths not checked")
+        )
+    if report.rows_bad:
+        raise typer.Exit(1)
+
+
+def summary(card: dict[str, Any]) -> dict[str, Any]:
+    """The card without its bulky parts (config, histogram, error list)."""
+    lengths = {k: v for k, v in card["token_lengths"].items() if k != "histogram"}
+    return {**{k: v for k, v in card.items() if k not in ("config", "errors")}, "token_lengths": lengths}
+
+
+@app.command()
+def prepare(config: Path = options.CONFIG, json_out: bool = options.JSON) -> None:
+    """Validate, fit to max_seq_len, dedup, redact PII and split data.sources into datasets/<hash>/."""
+    from llmtailor.config import load_config
+    from llmtailor.data.prepare import prepare as run_prepare
+    from llmtailor.models import load_tokenizer
+
+    cfg = load_config(config)
+    tokenizer = load_tokenizer(cfg.model)
+    version = run_prepare(cfg.data, tokenizer, show_progress=not json_out)
+    if json_out:
+        emit_json({"hash": version.hash, "path": str(version.path), "reused": version.reused, **summary(version.card)})
+        return
+    _print_card(version.card)
+    state = "reused (inputs unchanged)" if version.reused else "written"
+    console.print(f"dataset {version.hash} {state}: [bold]{version.path}[/]")
+    if version.card["errors_total"]:
+        console.print(f"{version.card['errors_total']} rows had problems; first ones in {version.path / 'card.md'}")
+
+
+def _print_card(card: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"dataset {card['hash']}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for s in card["sources"]:
+        table.add_row(f"source {s['name']}", f"{s['rows_kept']} / {s['rows']} kept ({s['share']:.0%} of data)")
+    table.add_row("rows in", str(card["rows_in"]))
+    for reason, n in card["dropped"].items():
+        if n:
+            table.add_row(f"dropped: {reason.replace('_', ' ')}", str(n))
+    table.add_row("truncated", str(card["truncated"]))
+    if card["pii_enabled"]:
+        found = ", ".join(f"{k} {v}" for k, v in card["pii_counts"].items() if v) or "none"
+        table.add_row("PII replaced", found)
+    table.add_row("rows kept", f"[bold]{card['rows_kept']}[/]")
+    table.add_row("train / eval", f"{card['train_rows']} / {card['eval_rows']}")
+    t = card["token_lengths"]
+    table.add_row("tokens p50 / p95 / max", f"{t['p50']:g} / {t['p95']:g} / {t['max']}")
+    console.print(table)

@@ -1,0 +1,82 @@
+"""`tailor`: the command-line entry point. Sub-commands import their heavy libraries only when run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import typer
+
+from llmtailor import __version__
+from llmtailor.cli import chat as chat_cmd
+from llmtailor.cli import data as data_cmd
+from llmtailor.cli import eval as eval_cmd
+from llmtailor.cli import eval_retrieval as eval_retrieval_cmd
+from llmtailor.cli import project as project_cmd
+from llmtailor.cli import rag as rag_cmd
+from llmtailor.cli import train as train_cmd
+
+app = typer.Typer(
+    name="tailor",
+    help="Tailor an open-weight LLM into your company's assistant: data, train, eval, report; one YAML file.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_cmd.app, name="data", help="Validate and prepare chat datasets (versions + data card).")
+app.add_typer(project_cmd.config_app, name="config", help="Show the resolved config or its JSON Schema.")
+app.add_typer(eval_cmd.app, name="eval", help="Evaluate base vs tuned on the held-out split.")
+eval_cmd.app.command("retrieval", help="Hit rate, MRR, nDCG and latency of dense/sparse/hybrid retrieval.")(
+    eval_retrieval_cmd.retrieval
+)
+app.add_typer(rag_cmd.app, name="rag", help="Ingest documents, search them with access control, answer with citations.")
+app.command("train", help="Fine-tune the base model (LoRA, DoRA, QLoRA or full).")(train_cmd.train)
+app.command("run", help="Run the whole loop: prepare -> train -> eval -> report.")(project_cmd.run)
+app.command("init", help="Write a ready demo project (tailor.yaml + dataset) into DIR.")(project_cmd.init)
+app.command("report", help="Write the self-contained HTML report of a run.")(eval_cmd.report)
+app.command("chat", help="Chat with the base or a tuned model in the terminal.")(chat_cmd.chat)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """llmtailor."""
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Console-script entry: user errors print one clear line and exit 1, never a traceback."""
+    from llmtailor.errors import TailorError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # A `kill` (SIGTERM) stops training the same way Ctrl-C does: the run is marked interrupted, resumable.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        app()
+    except TailorError as e:
+        from llmtailor.cli.output import console
+
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        from llmtailor.cli.output import console
+
+        console.print("[yellow]interrupted[/]: partial results were kept; `tailor train --resume` continues training")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

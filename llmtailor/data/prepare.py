@@ -1,0 +1,203 @@
+"""The data stage: read -> validate -> fit length -> dedup -> redact PII -> split -> versioned folder + card.
+
+The version hash is known right after reading, so an unchanged dataset is returned at once
+without re-running validation, dedup or the (slow) PII analysis.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from llmtailor.data.config import DataConfig
+from llmtailor.data.dedup import exact_dedup, near_dedup
+from llmtailor.data.length import truncate_to_fit
+from llmtailor.data.rows import Row
+from llmtailor.data.split import split_rows
+from llmtailor.data.validate import RawRow, RowProblem, check_row, length_problem, read_raw, token_length
+from llmtailor.data.versions import (
+    DatasetVersion,
+    find_version,
+    length_stats,
+    tokenizer_fingerprint,
+    version_hash,
+    write_version,
+)
+from llmtailor.errors import TailorError
+
+CARD_ERRORS = 50
+
+
+def _abs(path: Path) -> Path:
+    # The config loader resolves against tailor.yaml; direct callers get the working directory.
+    return path if path.is_absolute() else (Path.cwd() / path).resolve()
+
+
+def _progress(show: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show,
+    )
+
+
+class _Stats:
+    """Counters that end up in the data card."""
+
+    def __init__(self) -> None:
+        self.invalid: Counter[str] = Counter()
+        self.errors: list[RowProblem] = []
+        self.overlength = 0
+        self.truncated = 0
+        self.exact_dup = 0
+        self.near_dup = 0
+        self.pii: Counter[str] = Counter()
+        self.pii_rows = 0
+
+
+def _fit(row: Row, tokenizer: Any, cfg: DataConfig, stats: _Stats) -> Row | None:
+    """Measure a row; apply the overlength policy. Returns the row to keep or None (counted as overlength)."""
+    row.tokens = token_length(tokenizer, row.messages)
+    problem = length_problem(row, row.tokens, cfg.max_seq_len)
+    if problem is None:
+        return row
+    if cfg.overlength == "truncate":
+        cut = truncate_to_fit(row, tokenizer, cfg.max_seq_len)
+        if cut is not None:
+            stats.truncated += 1
+            return cut
+        problem.problem += " (the prompt alone does not fit; dropped)"
+        problem.args = (problem.location() + problem.problem,)
+    stats.overlength += 1
+    stats.errors.append(problem)
+    return None
+
+
+def _hash_rows(sources: list[tuple[str, list[RawRow]]]) -> list[dict[str, Any]]:
+    """Normalised input: parsed objects (key order and spacing don't matter) or the parse error, per line."""
+    return [
+        {"source": name, "rows": [[r.line, r.obj if r.obj is not None else {"unreadable": r.error}] for r in raws]}
+        for name, raws in sources
+    ]
+
+
+def prepare(cfg: DataConfig, tokenizer: Any, *, show_progress: bool = True) -> DatasetVersion:
+    """Build (or reuse) the dataset version for `cfg`: output_dir/<hash> with train/eval JSONL and a data card."""
+    if not cfg.sources:
+        raise TailorError("data.sources: no data files configured; add at least one JSONL file")
+    sources = [(src, _abs(src.path)) for src in cfg.sources]
+    read = [(src.label, read_raw(path)) for src, path in sources]  # TailorError names a missing file
+    tok_id = tokenizer_fingerprint(tokenizer)
+    hash_ = version_hash(_hash_rows(read), cfg, tok_id)
+    output_dir = _abs(cfg.output_dir)
+    existing = find_version(output_dir, hash_)
+    if existing is not None:
+        return existing
+
+    stats = _Stats()
+    rows: list[Row] = []
+    with _progress(show_progress) as progress:
+        task = progress.add_task("validate", total=sum(len(raws) for _, raws in read))
+        for (src, path), (label, raws) in zip(sources, read, strict=True):
+            for raw in raws:
+                row, problems = check_row(raw, path, fmt=src.format, system_prompt=cfg.system_prompt, source=label)
+                progress.advance(task)
+                if row is None:
+                    stats.invalid[problems[0].kind] += 1
+                    stats.errors += problems
+                    continue
+                fitted = _fit(row, tokenizer, cfg, stats)
+                if fitted is not None:
+                    rows.append(fitted)
+
+        if cfg.dedup.enabled:
+            rows, stats.exact_dup = exact_dedup(rows)
+            task = progress.add_task("near-dedup", total=len(rows))
+            rows, stats.near_dup = near_dedup(rows, cfg.dedup, lambda n: progress.advance(task, n))
+
+        if cfg.pii.enabled and rows:
+            from llmtailor.data.redact import count_unique, redact_rows
+
+            protect = frozenset([cfg.system_prompt] if cfg.system_prompt else [])
+            task = progress.add_task("redact PII", total=count_unique(rows))
+            redacted, stats.pii, stats.pii_rows = redact_rows(
+                rows, cfg.pii, lambda n: progress.advance(task, n), protect=protect
+            )
+            # A placeholder can be longer than what it replaced: re-check the rows that changed.
+            rows = [r if r is old else _fit(r, tokenizer, cfg, stats) for r, old in zip(redacted, rows, strict=True)]
+            rows = [r for r in rows if r is not None]
+
+        if not rows:
+            first = "; ".join(str(e) for e in stats.errors[:3])
+            raise TailorError(
+                f"no usable rows: {sum(stats.invalid.values())} invalid, {stats.overlength} overlength, "
+                f"{stats.exact_dup + stats.near_dup} duplicates" + (f" (first: {first})" if first else "")
+            )
+
+        train, evals = split_rows(rows, cfg.split.eval_fraction, cfg.split.seed)
+        card = _card(hash_, cfg, sources, read, rows, train, evals, stats, tok_id)
+        task = progress.add_task("write", total=1)
+        path = write_version(output_dir, hash_, [r.to_json() for r in train], [r.to_json() for r in evals], card)
+        progress.advance(task)
+    return DatasetVersion(hash_, path, card, reused=False, errors=list(stats.errors))
+
+
+def _card(
+    hash_: str,
+    cfg: DataConfig,
+    sources: list[tuple[Any, Path]],
+    read: list[tuple[str, list[RawRow]]],
+    rows: list[Row],
+    train: list[Row],
+    evals: list[Row],
+    stats: _Stats,
+    tok_id: str,
+) -> dict[str, Any]:
+    """The data card: what went in, what was dropped and why, what came out."""
+    kept_by_file = Counter(r.file for r in rows)
+    source_rows = []
+    for (src, path), (label, raws) in zip(sources, read, strict=True):
+        kept = kept_by_file.get(str(path), 0)
+        source_rows.append(
+            {
+                "name": label,
+                "path": str(path),
+                "format": src.format,
+                "rows": len(raws),
+                "rows_kept": kept,
+                "share": round(kept / len(rows), 4) if rows else 0.0,
+            }
+        )
+    tokens, histogram = length_stats([r.tokens for r in rows], cfg.max_seq_len)
+    # Flat {reason: rows}: the values sum to the rows dropped.
+    dropped = {f"invalid: {kind}": n for kind, n in sorted(stats.invalid.items())}
+    dropped.update(overlength=stats.overlength, exact_dup=stats.exact_dup, near_dup=stats.near_dup)
+    return {
+        "hash": hash_,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tokenizer": tok_id,
+        "sources": source_rows,
+        "rows_in": sum(len(raws) for _, raws in read),
+        "rows_kept": len(rows),
+        "dropped": dropped,
+        "truncated": stats.truncated,
+        "system_prompt_added": sum(r.system_added for r in rows),
+        "converted_alpaca": sum(r.converted for r in rows),
+        "pii_enabled": cfg.pii.enabled,
+        "pii_counts": {e: stats.pii.get(e, 0) for e in cfg.pii.entities} if cfg.pii.enabled else {},
+        "pii_rows_changed": stats.pii_rows,
+        "train_rows": len(train),
+        "eval_rows": len(evals),
+        "token_lengths": {**tokens, "histogram": histogram},
+        "config": cfg.model_dump(mode="json"),
+        "errors": [str(e) for e in stats.errors[:CARD_ERRORS]],
+        "errors_total": len(stats.errors),
+    }

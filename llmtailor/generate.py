@@ -1,0 +1,74 @@
+"""Batched greedy generation over chat conversations, shared by evaluation, RAG answers and chat.
+
+Prompts go through `chat.render_prompt`, the renderer training uses. Batches are sorted by length
+and left-padded so that short prompts don't pay for long ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmtailor.chat import render_prompt
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict]],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    show_progress: bool = False,
+    description: str = "Generating",
+) -> list[str]:
+    """Greedy answers, one per conversation, in input order."""
+    import torch
+
+    if not conversations:
+        return []
+    prompts = [render_prompt(tokenizer, c) for c in conversations]
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    outputs: list[str] = [""] * len(encoded)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+
+    progress = None
+    task = None
+    if show_progress:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=False,
+        )
+        progress.start()
+        task = progress.add_task(description, total=len(encoded))
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention[row, width - len(ids) :] = 1
+            with torch.inference_mode():
+                out = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            for row, i in enumerate(idx):
+                outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+            if progress is not None:
+                progress.advance(task, len(idx))
+    finally:
+        if progress is not None:
+            progress.stop()
+    return outputs

@@ -1,0 +1,1 @@
+"""Fine-tuning: SFT with LoRA, DoRA, QLoRA or full weights, through TRL and PEFT."""

@@ -1,0 +1,50 @@
+"""Training settings: one model for SFT with LoRA, DoRA, QLoRA or full fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class TrainConfig(BaseModel):
+    """How the base model is fine-tuned. Defaults follow the seeds (lr 2e-4, all linear targets) sized for CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["lora", "dora", "qlora", "full"] = Field(
+        "lora", description="lora/dora: adapters on a frozen base; qlora: 4-bit base (CUDA only); full: all weights."
+    )
+    lora_r: int = Field(16, ge=1, description="Adapter rank.")
+    lora_alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or 'all-linear' for every linear layer but the LM head."
+    )
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warm-up."
+    )
+    warmup_ratio: float = Field(0.05, ge=0.0, le=0.5, description="Share of steps spent warming up.")
+    epochs: float = Field(3.0, gt=0, description="Passes over the training split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(4, ge=1, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps accumulated before an optimizer update.")
+    max_seq_len: int | None = Field(None, ge=16, description="Token limit per example; default: data.max_seq_len.")
+    assistant_only_loss: bool = Field(True, description="Compute loss on assistant tokens only.")
+    seed: int = Field(42, description="Seed for initialisation and data order.")
+    save_steps: int = Field(25, ge=1, description="Write a checkpoint every N steps (resume starts from the last).")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    logging_steps: int = Field(1, ge=1, description="Log loss every N steps.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    optim: str | None = Field(None, description="Optimizer name for transformers; default adamw_torch (CPU) or "
+                              "paged_adamw_8bit (QLoRA).")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
+    group_by_length: bool = Field(True, description="Batch similar lengths together: less padding, faster on CPU.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.method == "full" and self.target_modules != "all-linear":
+            raise ValueError("target_modules only applies to adapter methods (lora, dora, qlora)")
+        return self

@@ -1,0 +1,256 @@
+"""Supervised fine-tuning: build the model, adapters and TRL trainer from the config, train, save.
+
+TRL's defaults assume a GPU; CPU-safe settings (fp32, no gradient checkpointing, use_cpu) are picked
+here from the device, so the same config runs on a laptop and on CUDA (bf16, QLoRA) unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmtailor import __version__
+from llmtailor.errors import TailorError
+from llmtailor.io import write_json, write_text
+from llmtailor.runs import new_run_dir, read_run, update_run
+
+if TYPE_CHECKING:
+    from llmtailor.config import TailorConfig
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced."""
+
+    run_dir: Path
+    adapter_dir: Path
+    final_loss: float | None
+    steps: int
+    runtime_s: float
+    tokens_per_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run_dir"], d["adapter_dir"] = str(self.run_dir), str(self.adapter_dir)
+        return d
+
+
+def _code_version() -> str:
+    """Package version plus git commit when run from a checkout (recorded for lineage)."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def _last_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _trim_metrics(path: Path, upto_step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from; those steps are trained again."""
+    import json
+
+    from llmtailor.io import write_jsonl
+
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by the interruption
+        if row.get("step", 0) <= upto_step:
+            kept.append(row)
+    write_jsonl(path, kept)
+
+
+def _set_threads(threads: int | None) -> None:
+    import torch
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+def _sft_args(cfg: TailorConfig, run_dir: Path, device: str, dtype: Any, max_len: int) -> Any:
+    """TRL SFTConfig from our TrainConfig, with device-appropriate precision and optimizer."""
+    import torch
+    from trl import SFTConfig
+
+    t = cfg.train
+    on_cuda = device == "cuda"
+    optim = t.optim or ("paged_adamw_8bit" if t.method == "qlora" else "adamw_torch")
+    return SFTConfig(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps else -1,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=optim,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=not on_cuda,
+        bf16=on_cuda and dtype == torch.bfloat16,
+        fp16=on_cuda and dtype == torch.float16,
+        gradient_checkpointing=on_cuda and t.method in ("qlora", "full"),
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        max_length=max_len,
+        completion_only_loss=t.assistant_only_loss,
+        packing=False,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=True,
+    )
+
+
+def train(
+    cfg: TailorConfig,
+    dataset_dir: Path,
+    dataset_hash: str,
+    *,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    show_progress: bool = True,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Fine-tune the base model on a prepared dataset version; write a run folder; return its summary.
+
+    With `resume=True`, `run_dir` must be an interrupted run: training continues from its last
+    checkpoint with the same data order (the Trainer restores RNG and sampler state).
+    """
+    import torch
+    from trl import SFTTrainer
+
+    from llmtailor.models import choose_device, load_model
+    from llmtailor.train.adapters import peft_config
+    from llmtailor.train.callbacks import MetricsLogger, RichProgress
+    from llmtailor.train.dataset import build_dataset, count_tokens, load_rows
+
+    t = cfg.train
+    choice = choose_device(cfg.model)
+    if t.method == "qlora" and choice.device != "cuda":
+        raise TailorError("train.method 'qlora' needs a CUDA GPU with bitsandbytes; on CPU use method: lora")
+    train_file = dataset_dir / "train.jsonl"
+    if not train_file.exists():
+        raise TailorError(f"{train_file}: prepared training split not found; run `tailor data prepare` first")
+
+    checkpoint = None
+    if resume:
+        if run_dir is None:
+            raise TailorError("resume needs the run folder to continue")
+        checkpoint = _last_checkpoint(run_dir)
+        if checkpoint is None:
+            raise TailorError(f"{run_dir}: no checkpoint to resume from (checkpoints are written every "
+                              f"{t.save_steps} steps)")
+    else:
+        run_dir = new_run_dir(cfg.runs_dir)
+        write_text(run_dir / "config.yaml", cfg.to_yaml())
+        update_run(
+            run_dir,
+            run_id=run_dir.name,
+            created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            project=cfg.project,
+            base_model=cfg.model.base_model,
+            method=t.method,
+            device=choice.device,
+            dtype=str(choice.dtype).replace("torch.", ""),
+            dataset_hash=dataset_hash,
+            dataset_dir=str(dataset_dir),
+            code_version=_code_version(),
+        )
+    assert run_dir is not None
+    update_run(run_dir, status="running")
+
+    _set_threads(t.threads)
+    torch.manual_seed(t.seed)
+    model, tokenizer = load_model(cfg.model, quantize_4bit=t.method == "qlora", for_training=True)
+    if t.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    max_len = t.max_seq_len or cfg.data.max_seq_len
+    rows = load_rows(train_file)
+    if not rows:
+        raise TailorError(f"{train_file}: the training split is empty")
+    dataset = build_dataset(rows, tokenizer, max_len, t.assistant_only_loss)
+    tokens_per_epoch = count_tokens(dataset)
+
+    all_callbacks: list[Any] = [MetricsLogger(run_dir / "metrics.jsonl"), *(callbacks or [])]
+    if show_progress:
+        all_callbacks.append(RichProgress())
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_args(cfg, run_dir, choice.device, choice.dtype, max_len),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(t),
+        callbacks=all_callbacks,
+    )
+    # The Trainer prints log dicts on stdout when tqdm is off; stdout is reserved for --json output.
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    start_epoch = 0.0
+    if checkpoint is not None:
+        _trim_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
+        state_file = checkpoint / "trainer_state.json"
+        if state_file.exists():
+            import json
+
+            start_epoch = float(json.loads(state_file.read_text()).get("epoch") or 0.0)
+    started = time.perf_counter()
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except KeyboardInterrupt:
+        update_run(run_dir, status="interrupted")
+        raise
+    except Exception:
+        update_run(run_dir, status="failed")
+        raise
+    runtime = time.perf_counter() - started
+
+    out_dir = run_dir / ("model" if t.method == "full" else "adapter")
+    trainer.save_model(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    write_json(out_dir / "llmtailor.json", {
+        "base_model": cfg.model.base_model, "method": t.method, "dataset_hash": dataset_hash,
+        "run_id": run_dir.name, "max_seq_len": max_len,
+    })
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    final_loss = float(losses[-1]) if losses else None
+    epochs_done = float(trainer.state.epoch or 0.0) - start_epoch
+    tokens_per_s = tokens_per_epoch * epochs_done / runtime if runtime > 0 else 0.0
+    update_run(
+        run_dir,
+        status="completed",
+        steps=int(trainer.state.global_step),
+        final_loss=final_loss,
+        first_loss=float(losses[0]) if losses else None,
+        train_loss=float(output.training_loss),
+        train_runtime_s=round(runtime + float(read_run(run_dir).get("train_runtime_s") or 0.0) * bool(checkpoint), 2),
+        train_tokens_per_s=round(tokens_per_s, 1),
+        train_rows=len(rows),
+        tokens_per_epoch=tokens_per_epoch,
+        adapter_dir=str(out_dir),
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+    )
+    return TrainResult(run_dir, out_dir, final_loss, int(trainer.state.global_step), runtime, tokens_per_s)
