@@ -18,6 +18,7 @@ from llmtailor.data.config import DataConfig
 from llmtailor.errors import ConfigError, TailorError
 from llmtailor.eval.config import EvalConfig, ReportConfig
 from llmtailor.rag.config import RagConfig
+from llmtailor.serve.config import RegistryConfig, ServeConfig
 from llmtailor.train.config import TrainConfig
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
@@ -54,6 +55,8 @@ class TailorConfig(BaseModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     rag: RagConfig | None = Field(None, description="Retrieval: index folder, chunking, embeddings, search, answers.")
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     _path: Path | None = PrivateAttr(None)
 

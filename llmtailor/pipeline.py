@@ -23,9 +23,12 @@ def prepare_stage(config: TailorConfig | str | Path, *, show_progress: bool = Tr
     """Validate, curate and version the data (reused when input and config are unchanged)."""
     from llmtailor.data.prepare import prepare
     from llmtailor.models import load_tokenizer
+    from llmtailor.registry.hooks import record_dataset
 
     cfg = _config(config)
-    return prepare(cfg.data, load_tokenizer(cfg.model), show_progress=show_progress)
+    version = prepare(cfg.data, load_tokenizer(cfg.model), show_progress=show_progress)
+    record_dataset(cfg, version)  # never raises: a registry outage only warns
+    return version
 
 
 def _resume_target(cfg: TailorConfig, run: str | None) -> Path:
@@ -46,6 +49,7 @@ def train_stage(
     show_progress: bool = True,
 ) -> Any:
     """Train on the current dataset version, or continue an interrupted run with its own saved config."""
+    from llmtailor.registry.hooks import record_training
     from llmtailor.train.sft import train
 
     cfg = _config(config)
@@ -54,21 +58,33 @@ def train_stage(
         saved = run_dir / "config.yaml"
         run_cfg = parse_config(saved.read_text(encoding="utf-8"), saved)
         info = read_run(run_dir)
-        return train(run_cfg, Path(info["dataset_dir"]), info["dataset_hash"], run_dir=run_dir, resume=True,
-                     show_progress=show_progress)
+        result = train(run_cfg, Path(info["dataset_dir"]), info["dataset_hash"], run_dir=run_dir, resume=True,
+                       show_progress=show_progress)
+        record_training(cfg, result.run_dir)
+        return result
     if max_steps is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": max_steps})})
         cfg._path = _config(config).path
     version = prepare_stage(cfg, show_progress=show_progress)
-    return train(cfg, version.path, version.hash, show_progress=show_progress)
+    result = train(cfg, version.path, version.hash, show_progress=show_progress)
+    record_training(cfg, result.run_dir)
+    return result
 
 
-def eval_stage(config: TailorConfig | str | Path, *, run: str | None = None, show_progress: bool = True) -> Any:
-    """Base vs tuned on the held-out split of the run's dataset version."""
+def eval_stage(config: TailorConfig | str | Path, *, run: str | None = None, show_progress: bool = True,
+               say: Any = None) -> Any:
+    """The adaptation ladder (and regression, red-team, judge, gates) on the run's held-out split."""
     from llmtailor.eval.evaluate import evaluate
+    from llmtailor.registry.hooks import record_evaluation
 
     cfg = _config(config)
-    return evaluate(cfg, resolve_run(cfg.runs_dir, run), show_progress=show_progress)
+    if say is None and show_progress:
+        from llmtailor.cli.output import console
+
+        say = console.print
+    result = evaluate(cfg, resolve_run(cfg.runs_dir, run), show_progress=show_progress, say=say)
+    record_evaluation(cfg, result.run_dir)
+    return result
 
 
 def report_stage(config: TailorConfig | str | Path, *, run: str | None = None, out: Path | None = None) -> Path:
@@ -91,15 +107,17 @@ class LoopResult:
     report: Path
     metrics: dict[str, dict[str, Any]]
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    gates: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "dataset_hash": self.dataset_hash, "report": str(self.report),
-                "metrics": self.metrics, "stage_seconds": self.stage_seconds}
+                "metrics": self.metrics, "stage_seconds": self.stage_seconds, "gates": self.gates}
 
 
 def run_all(config: TailorConfig | str | Path, *, show_progress: bool = True, say: Any = None) -> LoopResult:
     """prepare -> train -> eval -> report, timing each stage (recorded in run.json)."""
     from llmtailor.eval.evaluate import evaluate
+    from llmtailor.registry.hooks import record_evaluation, record_training
     from llmtailor.train.sft import train
 
     cfg = _config(config)
@@ -114,11 +132,15 @@ def run_all(config: TailorConfig | str | Path, *, show_progress: bool = True, sa
     t0 = time.perf_counter()
     say(f"[bold]2/4 train[/]: {cfg.train.method} on dataset {version.hash}")
     trained = train(cfg, version.path, version.hash, show_progress=show_progress)
+    record_training(cfg, trained.run_dir)
     times["train"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
-    say("[bold]3/4 eval[/]: base vs tuned on the held-out split")
-    evaluated = evaluate(cfg, trained.run_dir, show_progress=show_progress)
+    say("[bold]3/4 eval[/]: the adaptation ladder on the held-out split")
+    evaluated = evaluate(cfg, trained.run_dir, show_progress=show_progress, say=say)
+    record_evaluation(cfg, trained.run_dir)
+    for gate in evaluated.gates:
+        say(f"gate {'pass' if gate['passed'] else '[bold red]FAIL[/]'}: {gate['text']} ({gate['reason']})")
     times["eval"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
@@ -127,4 +149,4 @@ def run_all(config: TailorConfig | str | Path, *, show_progress: bool = True, sa
     report = report_stage(cfg, run=str(trained.run_dir))
     times["report"] = round(time.perf_counter() - t0, 1)
     update_run(trained.run_dir, stage_seconds=times)
-    return LoopResult(trained.run_dir, version.hash, report, evaluated.variants, times)
+    return LoopResult(trained.run_dir, version.hash, report, evaluated.variants, times, evaluated.gates)

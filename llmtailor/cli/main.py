@@ -9,12 +9,17 @@ import sys
 import typer
 
 from llmtailor import __version__
+from llmtailor.cli import advise as advise_cmd
 from llmtailor.cli import chat as chat_cmd
 from llmtailor.cli import data as data_cmd
 from llmtailor.cli import eval as eval_cmd
 from llmtailor.cli import eval_retrieval as eval_retrieval_cmd
+from llmtailor.cli import keys as keys_cmd
 from llmtailor.cli import project as project_cmd
+from llmtailor.cli import promote as promote_cmd
 from llmtailor.cli import rag as rag_cmd
+from llmtailor.cli import registry as registry_cmd
+from llmtailor.cli import serve as serve_cmd
 from llmtailor.cli import train as train_cmd
 
 app = typer.Typer(
@@ -26,7 +31,8 @@ app = typer.Typer(
 )
 app.add_typer(data_cmd.app, name="data", help="Validate and prepare chat datasets (versions + data card).")
 app.add_typer(project_cmd.config_app, name="config", help="Show the resolved config or its JSON Schema.")
-app.add_typer(eval_cmd.app, name="eval", help="Evaluate base vs tuned on the held-out split.")
+app.add_typer(eval_cmd.app, name="eval", help="Evaluate the adaptation ladder on the held-out split; --gate for CI.")
+app.command("advise", help="Recommend which adaptation to ship, from the latest ladder.")(advise_cmd.advise)
 eval_cmd.app.command("retrieval", help="Hit rate, MRR, nDCG and latency of dense/sparse/hybrid retrieval.")(
     eval_retrieval_cmd.retrieval
 )
@@ -36,6 +42,11 @@ app.command("run", help="Run the whole loop: prepare -> train -> eval -> report.
 app.command("init", help="Write a ready demo project (tailor.yaml + dataset) into DIR.")(project_cmd.init)
 app.command("report", help="Write the self-contained HTML report of a run.")(eval_cmd.report)
 app.command("chat", help="Chat with the base or a tuned model in the terminal.")(chat_cmd.chat)
+app.command("serve", help="OpenAI-compatible server: base, adapters, RAG aliases, keys, metrics.")(serve_cmd.serve)
+app.add_typer(keys_cmd.app, name="keys", help="Create, list and revoke API keys (tenant, groups, models).")
+app.add_typer(registry_cmd.app, name="registry", help="Datasets, runs, adapters, evaluations, deployments, lineage.")
+app.command("promote", help="Deploy an adapter to staging/production (or as a canary).")(promote_cmd.promote)
+app.command("rollback", help="Return a stage to its previous deployment.")(promote_cmd.rollback)
 
 
 def _version(value: bool) -> None:

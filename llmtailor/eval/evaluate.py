@@ -1,14 +1,16 @@
-"""Compare the base and the tuned model on the held-out split: generate, score, save.
+"""The adaptation ladder on the held-out split: generate with every variant, score, compare, gate, save.
 
-One model is loaded: the adapter is switched off for the base model's answers, so both variants
-see identical weights apart from the adapter, identical prompts, and identical greedy decoding.
+One model is loaded: the adapter is switched off for the base variants' answers, so every variant sees identical
+weights apart from the adapter and identical greedy decoding; variants differ only in weights and prompt (see
+ladder.py). Results are written after every variant (status "partial"), so a crash or Ctrl-C keeps what was done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,14 @@ from llmtailor.train.dataset import load_rows
 if TYPE_CHECKING:
     from llmtailor.config import TailorConfig
 
+ROW_METRICS = ("exact_match", "token_f1", "rouge_l", "json_compliance", "field_accuracy_mean", "accuracy",
+               "faithfulness", "answer_relevance", "context_precision", "context_recall", "citation_correctness")
+CORPUS_METRICS = ("bleu", "macro_f1")
+HEADLINE = {"label": "accuracy", "json": "field_accuracy_mean", "text": "token_f1"}
+# Cheapest adaptation first: advice prefers the cheapest variant that is not significantly worse than the best.
+COST_ORDER = ["base", "base_fewshot", "base_rag", "base_fewshot_rag", "tuned", "tuned_fewshot", "tuned_rag",
+              "tuned_fewshot_rag"]
+
 
 @dataclass
 class EvalResult:
@@ -29,12 +39,21 @@ class EvalResult:
     results_path: Path
     variants: dict[str, dict[str, Any]]
     n_examples: int
+    skipped: dict[str, str] = field(default_factory=dict)
+    gates: list[dict] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gates_passed(self) -> bool:
+        return all(g["passed"] for g in self.gates)
 
 
-def _split(row: dict) -> tuple[list[dict], str]:
-    """Prompt conversation (everything before the final answer) and the reference answer."""
+def _split(row: dict) -> tuple[list[dict], str | None]:
+    """Prompt conversation (everything before the final answer) and the reference answer (None when absent)."""
     msgs = row["messages"]
-    return msgs[:-1], msgs[-1]["content"]
+    if msgs and msgs[-1]["role"] == "assistant":
+        return msgs[:-1], msgs[-1]["content"]
+    return msgs, None
 
 
 def _user_text(prompt: list[dict]) -> str:
@@ -56,13 +75,215 @@ def _load_tuned(cfg: TailorConfig, run_dir: Path) -> tuple[Any, Any, bool]:
     raise TailorError(f"{run_dir}: no adapter/ or model/ folder; did training finish?")
 
 
-def evaluate(cfg: TailorConfig, run_dir: Path, *, show_progress: bool = True) -> EvalResult:
-    """Generate held-out answers with base and tuned models, compute metrics, write eval/ in the run folder."""
-    from llmtailor.eval.loss import eval_loss
-    from llmtailor.eval.metrics import load_schema, score_examples
-    from llmtailor.generate import generate
-    from llmtailor.models import load_model
+class Models:
+    """Base and tuned behind one interface; the base is the tuned model with its adapter off when possible."""
 
+    def __init__(self, cfg: TailorConfig, run_dir: Path, *, tuned: Any = None, base: Any = None, tok: Any = None):
+        self.cfg = cfg
+        if tuned is None:
+            tuned, tok, has_adapter = _load_tuned(cfg, run_dir)
+        else:
+            has_adapter = base is None and hasattr(tuned, "disable_adapter")
+        self.tuned, self.tok, self.has_adapter, self._base = tuned, tok, has_adapter, base
+
+    @contextlib.contextmanager
+    def use(self, mode: str):
+        """Yield the model for 'base' or 'tuned'."""
+        if mode == "tuned":
+            yield self.tuned
+        elif self.has_adapter:
+            with self.tuned.disable_adapter():
+                yield self.tuned
+        else:
+            if self._base is None:
+                from llmtailor.models import load_model
+
+                self._base, _ = load_model(self.cfg.model)
+            yield self._base
+
+    def generate(self, mode: str, convs: list[list[dict]], max_new_tokens: int, show_progress: bool,
+                 description: str) -> list[str]:
+        from llmtailor.generate import generate
+
+        with self.use(mode) as m:
+            return generate(m, self.tok, convs, max_new_tokens=max_new_tokens, batch_size=self.cfg.eval.batch_size,
+                            show_progress=show_progress, description=description)
+
+
+def _field_mean(row: dict) -> float | None:
+    fa = row.get("field_accuracy")
+    if isinstance(fa, dict) and fa:
+        return sum(fa.values()) / len(fa)
+    return None
+
+
+def _row_values(per: list[dict], metric: str) -> list[float | None]:
+    if metric == "json_compliance":
+        return [float(r["json_valid"]) if "json_valid" in r else None for r in per]
+    if metric == "field_accuracy_mean":
+        return [_field_mean(r) for r in per]
+    if metric == "accuracy":
+        return [r.get("label_correct") for r in per]
+    return [r.get(metric) for r in per]
+
+
+def _corpus_stat(metric: str, outs: list[str], refs: list[str | None], per: list[dict]) -> Callable | None:
+    import numpy as np
+
+    if metric == "bleu":
+        keep = [i for i, r in enumerate(refs) if isinstance(r, str) and r.strip()]
+        if not keep:
+            return None
+        from llmtailor.eval.metrics import bleu_corpus
+
+        return lambda idx: bleu_corpus([outs[keep[i]] for i in idx], [refs[keep[i]] for i in idx]), len(keep)
+    if metric == "macro_f1":
+        keep = [i for i, r in enumerate(per) if "label_pred" in r]
+        if not keep:
+            return None
+        from llmtailor.eval.labels import macro_f1
+
+        gold = np.asarray([per[i]["label_gold"] for i in keep], dtype=object)
+        pred = np.asarray([per[i]["label_pred"] for i in keep], dtype=object)
+        return lambda idx: macro_f1(list(gold[idx]), list(pred[idx])), len(keep)
+    return None
+
+
+def ladder_stats(scored: dict[str, dict], outputs: dict[str, list[str]], refs: list[str | None], cfg: Any,
+                 reference: str) -> dict:
+    """CIs per metric per variant, paired tests of each variant vs the reference, ranking per metric."""
+    from llmtailor.eval.stats import bootstrap_ci, bootstrap_ci_stat, paired_bootstrap, paired_bootstrap_stat
+
+    bs = cfg.eval.bootstrap
+    seed = cfg.eval.seed
+    kw = {"resamples": bs.resamples, "confidence": bs.confidence, "seed": seed}
+    corpus_kw = {**kw, "resamples": min(bs.resamples, 300)}
+    metrics: list[str] = []
+    for name, s in scored.items():
+        agg = s["aggregate"]
+        ci: dict[str, list[float]] = {}
+        for m in ROW_METRICS:
+            vals = _row_values(s["per_example"], m)
+            if any(v is not None for v in vals):
+                interval = bootstrap_ci([v for v in vals if v is not None], **kw)
+                if interval:
+                    ci[m] = [round(interval[0], 4), round(interval[1], 4)]
+                    metrics.append(m)
+        for m in CORPUS_METRICS:
+            got = _corpus_stat(m, outputs[name], refs, s["per_example"]) if agg.get(m) is not None else None
+            if got:
+                stat, n = got
+                interval = bootstrap_ci_stat(n, stat, **corpus_kw)
+                if interval:
+                    ci[m] = [round(interval[0], 4), round(interval[1], 4)]
+                    metrics.append(m)
+        agg["ci"] = ci
+    metrics = [m for m in (*ROW_METRICS, *CORPUS_METRICS) if m in metrics]
+    comparisons: dict[str, dict] = {}
+    for name, s in scored.items():
+        if name == reference:
+            continue
+        comp: dict[str, Any] = {}
+        for m in metrics:
+            if m in ROW_METRICS:
+                a = _row_values(scored[reference]["per_example"], m)
+                b = _row_values(s["per_example"], m)
+                res = paired_bootstrap(a, b, alpha=bs.alpha, **kw)
+            else:
+                sa = _corpus_stat(m, outputs[reference], refs, scored[reference]["per_example"])
+                sb = _corpus_stat(m, outputs[name], refs, s["per_example"])
+                res = None
+                if sa and sb and sa[1] == sb[1]:
+                    res = paired_bootstrap_stat(sa[1], sa[0], sb[0], alpha=bs.alpha, **corpus_kw)
+            if res:
+                res["diff"] = round(res["diff"], 4)
+                res["ci"] = [round(x, 4) for x in res["ci"]]
+                comp[m] = res
+        comparisons[name] = comp
+    ranking = {}
+    for m in metrics:
+        vals = [(n, s["aggregate"].get(m)) for n, s in scored.items() if isinstance(s["aggregate"].get(m), int | float)]
+        ranking[m] = [n for n, _ in sorted(vals, key=lambda kv: -kv[1])]
+    return {"reference": reference, "metrics": metrics, "confidence": bs.confidence, "alpha": bs.alpha,
+            "resamples": bs.resamples, "seed": seed, "comparisons": comparisons, "ranking": ranking}
+
+
+def vs_best(scored: dict[str, dict], headline: str, cfg: Any) -> dict:
+    """Paired test of every variant against the best one on the headline metric (for advice)."""
+    from llmtailor.eval.stats import paired_bootstrap
+
+    vals = {n: s["aggregate"].get(headline) for n, s in scored.items()}
+    vals = {n: v for n, v in vals.items() if isinstance(v, int | float)}
+    if not vals:
+        return {}
+    best = max(vals, key=lambda n: (vals[n], -COST_ORDER.index(n) if n in COST_ORDER else 0))
+    out: dict[str, Any] = {"metric": headline, "best": best, "tests": {}}
+    bs = cfg.eval.bootstrap
+    for n in vals:
+        if n == best:
+            continue
+        res = paired_bootstrap(_row_values(scored[best]["per_example"], headline),
+                               _row_values(scored[n]["per_example"], headline),
+                               resamples=bs.resamples, confidence=bs.confidence, alpha=bs.alpha, seed=cfg.eval.seed)
+        if res:
+            out["tests"][n] = {"diff": round(res["diff"], 4), "p_value": res["p_value"],
+                               "significant": res["significant"]}
+    return out
+
+
+def _truncated(tok: Any, outs: list[str], max_new_tokens: int) -> list[bool]:
+    """Answers that used the whole token budget (approximately: re-tokenised length), i.e. were likely cut off."""
+    return [len(tok(o, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 1 for o in outs]
+
+
+def score_variant(outs: list[str], refs: list[str | None], questions: list[str], schema: dict | None,
+                  metrics: list[str], task: str, labels: list[str], contexts: list[list[str]] | None,
+                  truncated: list[bool]) -> dict:
+    """Aggregate and per-row scores of one variant's answers."""
+    from llmtailor.eval.grounding import grounding_scores
+    from llmtailor.eval.labels import label_metrics
+    from llmtailor.eval.metrics import score_examples
+
+    agg, per = score_examples(outs, refs, schema, [x for x in metrics if x != "loss"])
+    field_means = [v for v in (_field_mean(r) for r in per) if v is not None]
+    if field_means:
+        agg["field_accuracy_mean"] = sum(field_means) / len(field_means)
+    if task == "label":
+        lagg, lrows = label_metrics(outs, refs, labels)
+        agg.update(lagg)
+        for r, lr in zip(per, lrows, strict=True):
+            r.update(lr)
+    if contexts is not None:
+        gagg, grows = grounding_scores(outs, questions, contexts, refs)
+        agg.update(gagg)
+        for r, g in zip(per, grows, strict=True):
+            r.update(g)
+    for r, t in zip(per, truncated, strict=True):
+        r["truncated"] = t
+    agg["truncated"] = sum(truncated)
+    agg["truncated_rate"] = sum(truncated) / len(truncated) if truncated else 0.0
+    return {"aggregate": agg, "per_example": per}
+
+
+def evaluate(
+    cfg: TailorConfig,
+    run_dir: Path,
+    *,
+    show_progress: bool = True,
+    say: Callable[[str], None] | None = None,
+    models: Models | None = None,
+    retrieve: Any = None,
+    judge: Any = None,
+) -> EvalResult:
+    """Run the ladder (and regression, red-team, judge when enabled); write eval/ in the run folder."""
+    from llmtailor.eval import ladder as ladder_mod
+    from llmtailor.eval.gates import check_gates
+    from llmtailor.eval.labels import detect_task
+    from llmtailor.eval.loss import eval_loss
+    from llmtailor.eval.metrics import load_schema
+
+    say = say or (lambda msg: None)
+    started_all = time.perf_counter()
     info = read_run(run_dir)
     dataset_dir = Path(info.get("dataset_dir", ""))
     eval_file = dataset_dir / "eval.jsonl"
@@ -73,6 +294,8 @@ def evaluate(cfg: TailorConfig, run_dir: Path, *, show_progress: bool = True) ->
         rows = rows[: cfg.eval.max_examples]
     if not rows:
         raise TailorError(f"{eval_file}: empty eval set; raise data.split.eval_fraction or add rows")
+    train_file = dataset_dir / "train.jsonl"
+    train_rows = load_rows(train_file) if train_file.exists() else []
     schema = load_schema(cfg.eval.json_schema) if cfg.eval.json_schema else None
     metrics = list(cfg.eval.metrics)
     if schema is None:
@@ -84,72 +307,197 @@ def evaluate(cfg: TailorConfig, run_dir: Path, *, show_progress: bool = True) ->
     torch.manual_seed(cfg.eval.seed)
     prompts, refs = zip(*(_split(r) for r in rows), strict=True)
     prompts, refs = list(prompts), list(refs)
-    model, tok, has_adapter = _load_tuned(cfg, run_dir)
-
-    def run_variant(name: str, m: Any, switch_off: bool) -> tuple[list[str], dict]:
-        ctx = m.disable_adapter() if switch_off else contextlib.nullcontext()
-        with ctx:
-            started = time.perf_counter()
-            outs = generate(
-                m,
-                tok,
-                prompts,
-                max_new_tokens=cfg.eval.max_new_tokens,
-                batch_size=cfg.eval.batch_size,
-                show_progress=show_progress,
-                description=f"{name:>5} answers",
-            )
-            gen_s = time.perf_counter() - started
-            loss = eval_loss(m, tok, rows, max_len, cfg.eval.batch_size) if "loss" in metrics else {}
-        agg, per = score_examples(outs, refs, schema, [x for x in metrics if x != "loss"])
-        agg.update(loss)
-        agg["generation_s"] = round(gen_s, 2)
-        agg["examples_per_s"] = round(len(outs) / gen_s, 3) if gen_s > 0 else None
-        return outs, {"aggregate": agg, "per_example": per}
+    missing_refs = sum(1 for r in refs if not (isinstance(r, str) and r.strip()))
+    if missing_refs:
+        say(f"[yellow]{missing_refs} held-out row(s) have no reference answer[/]: reference metrics skip them")
+    questions = [_user_text(p) for p in prompts]
+    task = cfg.eval.task if cfg.eval.task != "auto" else detect_task(refs, schema is not None)
+    labels: list[str] = []
+    if task == "label":
+        train_refs = [r["messages"][-1]["content"] for r in train_rows if r.get("messages")]
+        labels = list(cfg.eval.labels or sorted({x.strip() for x in [*train_refs, *refs] if isinstance(x, str)
+                                                 and x.strip()}))
+    names = cfg.eval.variants or ladder_mod.default_variants(cfg)
+    variants, skipped, shots = ladder_mod.build_variants(cfg, names, prompts, train_rows, questions, say, retrieve)
+    if not variants:
+        raise TailorError(f"no variant could be evaluated: {skipped}")
+    models = models or Models(cfg, run_dir)
+    out_dir = run_dir / "eval"
+    reference = "base" if any(v.name == "base" for v in variants) else variants[0].name
 
     outputs: dict[str, list[str]] = {}
     scored: dict[str, dict] = {}
-    if has_adapter:
-        outputs["base"], scored["base"] = run_variant("base", model, True)
-    else:
-        base, _ = load_model(cfg.model)
-        outputs["base"], scored["base"] = run_variant("base", base, False)
-        del base
-    outputs["tuned"], scored["tuned"] = run_variant("tuned", model, False)
-
-    out_dir = run_dir / "eval"
-    variants = {name: s["aggregate"] for name, s in scored.items()}
-    results = {
-        "variants": variants,
+    contexts: dict[str, list[list[str]]] = {}
+    results: dict[str, Any] = {
+        "status": "partial",
+        "task": task,
+        "variants": {},
+        "skipped_variants": skipped,
         "n_examples": len(rows),
+        "missing_references": missing_refs,
         "schema": str(cfg.eval.json_schema) if cfg.eval.json_schema else None,
         "metrics": metrics,
-        "generation": {
-            "greedy": True,
-            "max_new_tokens": cfg.eval.max_new_tokens,
-            "batch_size": cfg.eval.batch_size,
-            "seed": cfg.eval.seed,
-        },
+        "headline_metric": HEADLINE[task] if task != "json" or any(
+            isinstance(r, str) and r.strip().startswith("{") for r in refs) else "json_compliance",
+        "labels": labels if task == "label" else None,
+        "fewshot": {"k": len(shots), "ids": [s.get("id") for s in shots]} if shots else None,
+        "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens,
+                       "batch_size": cfg.eval.batch_size, "seed": cfg.eval.seed},
         "dataset_hash": info.get("dataset_hash"),
+        "timings_s": {},
     }
-    examples = []
-    for i, (row, prompt, ref) in enumerate(zip(rows, prompts, refs, strict=True)):
-        examples.append(
-            {
-                "id": row.get("id", i),
-                "prompt": _user_text(prompt),
-                "reference": ref,
-                "outputs": {name: outputs[name][i] for name in outputs},
-                "scores": {name: scored[name]["per_example"][i] for name in scored},
-            }
-        )
-    write_jsonl(out_dir / "examples.jsonl", examples)
+
+    def save_examples() -> None:
+        examples = []
+        for i, (row, ref) in enumerate(zip(rows, refs, strict=True)):
+            ex = {"id": row.get("id", i), "prompt": questions[i], "reference": ref,
+                  "outputs": {n: outputs[n][i] for n in outputs},
+                  "scores": {n: scored[n]["per_example"][i] for n in scored}}
+            if contexts:
+                ex["contexts"] = {n: [c[:400] for c in contexts[n][i]] for n in contexts}
+            examples.append(ex)
+        write_jsonl(out_dir / "examples.jsonl", examples)
+
+    for v in variants:
+        t0 = time.perf_counter()
+        outs = models.generate(v.model, v.prompts, cfg.eval.max_new_tokens, show_progress, f"{v.name:>12} answers")
+        gen_s = time.perf_counter() - t0
+        trunc = _truncated(models.tok, outs, cfg.eval.max_new_tokens)
+        s = score_variant(outs, refs, questions, schema, metrics, task, labels, v.contexts, trunc)
+        agg = s["aggregate"]
+        if "loss" in metrics:
+            # Loss of the reference answer given this variant's own prompt (few-shot / RAG context included).
+            loss_rows = [{"messages": [*p, {"role": "assistant", "content": r}]}
+                         for p, r in zip(v.prompts, refs, strict=True) if isinstance(r, str) and r.strip()]
+            limit = max_len if not (v.fewshot or v.rag) else max_len * (cfg.eval.fewshot_k + 4)
+            if loss_rows:
+                with models.use(v.model) as m:
+                    loss = eval_loss(m, models.tok, loss_rows, limit, cfg.eval.batch_size)
+                if loss.get("eval_tokens"):  # no answer token left after truncation: no loss, never NaN
+                    agg.update(loss)
+        agg["generation_s"] = round(gen_s, 2)
+        agg["examples_per_s"] = round(len(outs) / gen_s, 3) if gen_s > 0 else None
+        if agg["truncated"]:
+            say(f"[yellow]{v.name}: {agg['truncated']} answer(s) hit max_new_tokens={cfg.eval.max_new_tokens}[/] "
+                "(likely cut off; raise eval.max_new_tokens)")
+        outputs[v.name], scored[v.name] = outs, s
+        if v.contexts is not None:
+            contexts[v.name] = v.contexts
+        results["variants"][v.name] = agg
+        results["timings_s"][v.name] = round(time.perf_counter() - t0, 2)
+        write_json(out_dir / "results.json", results)  # partial results survive a crash in a later variant
+        save_examples()
+
+    results["ladder"] = ladder_stats(scored, outputs, refs, cfg, reference)
+    results["vs_best"] = vs_best(scored, results["headline_metric"], cfg)
+    write_json(out_dir / "results.json", results)
+
+    if cfg.eval.regression.enabled:
+        results["regression"] = _regression(cfg, models, show_progress, out_dir)
+    else:
+        results["regression"] = {"status": "skipped", "reason": "eval.regression.enabled is false"}
+    if cfg.eval.redteam.enabled:
+        results["redteam"] = _redteam(cfg, models, show_progress, out_dir, prompts)
+    else:
+        results["redteam"] = {"status": "skipped", "reason": "eval.redteam.enabled is false"}
+    write_json(out_dir / "results.json", results)
+    if cfg.eval.judge.enabled:
+        results["judge"] = _judge(cfg, judge, questions, refs, outputs, reference, out_dir, say)
+    else:
+        results["judge"] = {"status": "skipped", "reason": "eval.judge.enabled is false"}
+
+    gates = check_gates(cfg.eval.gates, results)
+    results["gates"] = {"passed": all(g["passed"] for g in gates), "results": gates}
+    results["status"] = "complete"
+    results["timings_s"]["total"] = round(time.perf_counter() - started_all, 2)
     results_path = write_json(out_dir / "results.json", results)
     update_run(
         run_dir,
         evaluated=time.strftime("%Y-%m-%dT%H:%M:%S"),
         eval_summary={
-            name: {k: v for k, v in agg.items() if isinstance(v, int | float)} for name, agg in variants.items()
+            name: {k: v for k, v in agg.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            for name, agg in results["variants"].items()
         },
+        gates=results["gates"],
     )
-    return EvalResult(run_dir, results_path, variants, len(rows))
+    return EvalResult(run_dir, results_path, results["variants"], len(rows), skipped, gates, results)
+
+
+def _regression(cfg: TailorConfig, models: Models, show_progress: bool, out_dir: Path) -> dict:
+    from llmtailor.eval.regression import general_text, load_suite, run_regression, text_perplexity
+
+    rc = cfg.eval.regression
+    items = load_suite(categories=rc.categories, max_items=rc.max_items)
+    t0 = time.perf_counter()
+
+    def gen(mode: str, convs: list[list[dict]]) -> list[str]:
+        return models.generate(mode, convs, rc.max_new_tokens, show_progress, f"{'regression ' + mode:>18}")
+
+    def ppl(mode: str) -> float | None:
+        with models.use(mode) as m:
+            return text_perplexity(m, models.tok, general_text())
+
+    summary, rows = run_regression(items, gen, ppl if rc.perplexity else None)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    write_jsonl(out_dir / "regression.jsonl", rows)
+    return summary
+
+
+def _redteam(cfg: TailorConfig, models: Models, show_progress: bool, out_dir: Path, prompts: list) -> dict:
+    from llmtailor.eval.redteam import load_probes, run_redteam
+
+    rt = cfg.eval.redteam
+    probes = load_probes(rt.builtin, rt.probes_file, rt.max_probes)
+    if not probes:
+        return {"status": "skipped", "reason": "no probes (builtin off and no probes_file)"}
+    system = cfg.data.system_prompt or next((m["content"] for m in prompts[0] if m["role"] == "system"), None)
+    t0 = time.perf_counter()
+
+    def gen(mode: str, convs: list[list[dict]]) -> list[str]:
+        return models.generate(mode, convs, rt.max_new_tokens, show_progress, f"{'red-team ' + mode:>18}")
+
+    summary, rows = run_redteam(probes, gen, system)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    write_jsonl(out_dir / "redteam.jsonl", rows)
+    return summary
+
+
+def _judge(cfg: TailorConfig, judge: Any, questions: list[str], refs: list, outputs: dict, reference: str,
+           out_dir: Path, say: Callable) -> dict:
+    from llmtailor.eval.judge import make_judge
+
+    jc = cfg.eval.judge
+    log = out_dir / "judge.jsonl"
+    if log.exists():
+        log.unlink()
+    own = judge is None
+    try:
+        judge = judge or make_judge(jc)
+    except TailorError as e:
+        say(f"[red]judge unavailable[/]: {e}")
+        return {"status": "failed", "reason": str(e)}
+    per_variant: dict[str, dict] = {}
+    try:
+        from llmtailor.eval.judge import judge_pairwise
+
+        for name, outs in outputs.items():
+            if name == reference:
+                continue
+            per_variant[name] = judge_pairwise(judge, jc, name, questions, refs, outputs[reference], outs, log)
+            if per_variant[name]["n_failed"]:
+                say(f"[yellow]judge: {per_variant[name]['n_failed']} judgement(s) failed for {name}[/]: "
+                    f"{per_variant[name]['failures'][0]['error']}")
+    finally:
+        if own and hasattr(judge, "close"):
+            judge.close()
+    gate_values: dict[str, float] = {}
+    cand = "tuned" if "tuned" in per_variant else (list(per_variant)[-1] if per_variant else None)
+    for name, s in per_variant.items():
+        for k in ("win_rate", "tie_rate", "loss_rate", "agreement"):
+            if s[k] is not None:
+                gate_values[f"{name}.{k}"] = s[k]
+                if name == cand:
+                    gate_values[k] = s[k]
+    total_ok = sum(s["n_judged"] for s in per_variant.values())
+    return {"status": "ok" if total_ok else "failed", "reference": reference, "variants": per_variant,
+            "judge": jc.base_url or jc.model, "log": str(log), "gate_values": gate_values}

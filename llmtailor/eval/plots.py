@@ -143,3 +143,65 @@ def metric_bars_png(metrics: Sequence[str], variants: Mapping[str, Sequence[floa
         ax.grid(axis="x", visible=False)
         ax.legend(frameon=False, ncols=min(n, 4), loc="upper left", bbox_to_anchor=(0, 1.12))
         return _to_base64(fig)
+
+
+def ladder_ci_png(
+    metrics: Sequence[str], variants: Mapping[str, Sequence[tuple[float, float, float] | None]]
+) -> str | None:
+    """Horizontal dot-and-whisker chart: one panel row per metric, one point per variant with its 95% CI."""
+    import matplotlib
+
+    if not metrics or not variants:
+        return None
+    if not any(v is not None for values in variants.values() for v in values):
+        return None
+    n = len(variants)
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(7.5, 0.45 * len(metrics) * n + 1.0)
+        ax = fig.add_subplot()
+        ticks, labels = [], []
+        y = 0.0
+        for j, metric in enumerate(metrics):
+            for i, (name, values) in enumerate(variants.items()):
+                point = values[j]
+                yy = y + i * 0.8
+                if point is not None and all(_finite(x) for x in point):
+                    mean, lo, hi = point
+                    ax.errorbar([mean], [yy], xerr=[[max(0.0, mean - lo)], [max(0.0, hi - mean)]], fmt="o",
+                                color=variant_color(name, i), capsize=3, markersize=5,
+                                label=name if j == 0 else None)
+                    ax.text(min(hi, 1.02) + 0.01, yy, f"{mean:.2f}", va="center", fontsize=7)
+            ticks.append(y + (n - 1) * 0.4)
+            labels.append(metric)
+            y += n * 0.8 + 0.8
+        ax.set_yticks(ticks)
+        ax.set_yticklabels(labels)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.12)
+        ax.set_xlabel("score with 95% bootstrap CI (higher is better)")
+        ax.grid(axis="y", visible=False)
+        ax.legend(frameon=False, ncols=min(n, 5), loc="lower left", bbox_to_anchor=(0, 1.0))
+        return _to_base64(fig)
+
+
+def judge_png(rows: Mapping[str, tuple[float, float, float]]) -> str | None:
+    """Stacked bars per variant: win / tie / loss share against base."""
+    import matplotlib
+
+    rows = {k: v for k, v in rows.items() if all(_finite(x) for x in v)}
+    if not rows:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig = _new_figure(7.5, 0.5 * len(rows) + 1.2)
+        ax = fig.add_subplot()
+        names = list(rows)
+        left = [0.0] * len(names)
+        for k, (label, color) in enumerate((("win", "#10b981"), ("tie", "#cbd5e1"), ("loss", "#ef4444"))):
+            vals = [rows[n][k] for n in names]
+            ax.barh(names, vals, left=left, color=color, label=label)
+            left = [a + b for a, b in zip(left, vals, strict=True)]
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of judged pairs vs base (both orders must agree for a win or loss)")
+        ax.grid(axis="y", visible=False)
+        ax.legend(frameon=False, ncols=3, loc="lower left", bbox_to_anchor=(0, 1.0))
+        return _to_base64(fig)

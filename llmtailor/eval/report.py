@@ -48,11 +48,23 @@ _METRIC_LABELS = {
     "generation_s": "Generation time (s)",
     "examples_per_s": "Examples / s",
     "eval_tokens": "Eval tokens",
+    "accuracy": "Accuracy",
+    "macro_f1": "Macro-F1",
+    "field_accuracy_mean": "Field accuracy (mean)",
+    "unscorable_rate": "Unscorable answers",
+    "truncated_rate": "Hit max tokens",
+    "faithfulness": "Faithfulness",
+    "answer_relevance": "Answer relevance",
+    "context_precision": "Context precision",
+    "context_recall": "Context recall",
+    "citation_correctness": "Citation correctness",
 }
 _METRIC_ORDER = list(_METRIC_LABELS)
-_LOWER_IS_BETTER = {"eval_loss", "perplexity", "json_extra_text_rate", "generation_s"}
-_NO_BEST = {"answer_length_tokens", "n", "eval_tokens"}
-_TAIL_METRICS = {"answer_length_tokens", "generation_s", "examples_per_s", "eval_tokens"}
+_LOWER_IS_BETTER = {"eval_loss", "perplexity", "json_extra_text_rate", "generation_s", "unscorable_rate",
+                    "truncated_rate"}
+_NO_BEST = {"answer_length_tokens", "n", "eval_tokens", "unscorable", "truncated", "label_skipped"}
+_TAIL_METRICS = {"answer_length_tokens", "generation_s", "examples_per_s", "eval_tokens", "unscorable",
+                 "truncated", "label_skipped", "truncated_rate", "unscorable_rate"}
 _SUMMARY_SKIP = {"eval_summary"}  # shown in full in the metrics section
 _CHART_METRICS = ["exact_match", "token_f1", "rouge_l", "bleu", "json_parse_rate", "json_compliance"]
 
@@ -405,6 +417,13 @@ def _badges(scores: dict) -> tuple[str, list[dict]]:
         badges.append({"text": "JSON ✓" if valid else "JSON ✗", "cls": "ok" if valid else "bad"})
     if _num(scores.get("token_f1")) is not None:
         badges.append({"text": f"F1 {scores['token_f1']:.2f}", "cls": "neutral"})
+    lab = _num(scores.get("label_correct"))
+    if lab is not None:
+        badges.append({"text": f"label {scores.get('label_pred')}", "cls": "ok" if lab >= 1 else "bad"})
+        if lab < 1:
+            return "fail", badges
+    if scores.get("truncated"):
+        badges.append({"text": "hit max tokens", "cls": "warn"})
     if _num(em) is not None and em >= 1:
         cls = "pass"
     elif valid is True:
@@ -434,8 +453,10 @@ def _examples_section(run_dir: Path, names: list[str], sample_size: int) -> dict
             cls, badges = _badges(_d(scores.get(n)))
             text = outputs.get(n)
             cells.append({"text": _clip(_as_text(text)) if text is not None else None, "cls": cls, "badges": badges})
+        fails = [n for n in names if _badges(_d(scores.get(n)))[0] == "fail"]
         out.append(
             {
+                "fails": " ".join(fails),
                 "id": _as_text(r.get("id", i)),
                 "prompt": _clip(_as_text(r.get("prompt"))),
                 "reference": _clip(_as_text(r.get("reference"))) or None,
@@ -451,6 +472,94 @@ def _examples_section(run_dir: Path, names: list[str], sample_size: int) -> dict
         "total": len(rows),
         "notes": notes,
     }
+
+
+# --------------------------------------------------------------------------- ladder, safety, judge
+
+
+def _pct(x: Any) -> str:
+    v = _num(x)
+    return "—" if v is None else f"{100 * v:.0f}%"
+
+
+def _ladder_section(results: dict) -> dict:
+    """CI chart, significance vs reference, ranking, confusion matrices, gates, skipped variants."""
+    variants = {str(k): v for k, v in _d(results.get("variants")).items() if isinstance(v, dict)}
+    ladder = _d(results.get("ladder"))
+    if not variants or not ladder:
+        return {"note": "No ladder statistics in results.json (evaluated with an older llmtailor?)."}
+    metrics = [m for m in ladder.get("metrics", []) if m in _METRIC_LABELS]
+    points = {n: [(_num(v.get(m)), *(_d(v.get("ci")).get(m) or (None, None))) if _num(v.get(m)) is not None
+                  and _d(v.get("ci")).get(m) else None for m in metrics] for n, v in variants.items()}
+    chart = plots.ladder_ci_png([_METRIC_LABELS.get(m, m) for m in metrics], points)
+    ref = ladder.get("reference", "base")
+    sig_rows = []
+    for name, comp in _d(ladder.get("comparisons")).items():
+        for m in metrics:
+            c = _d(comp).get(m)
+            if not c:
+                continue
+            ci = c.get("ci") or [None, None]
+            sig_rows.append({"variant": name, "metric": _METRIC_LABELS.get(m, m), "diff": f"{c['diff']:+.3f}",
+                             "ci": f"[{ci[0]:+.3f}, {ci[1]:+.3f}]", "p": f"{c['p_value']:.3g}",
+                             "significant": bool(c.get("significant")),
+                             "cls": "" if not c.get("significant") else ("good" if c["diff"] > 0 else "bad")})
+    confusions = []
+    for name, v in variants.items():
+        cm = _d(v.get("confusion_matrix"))
+        if cm.get("matrix"):
+            peak = max((x for row in cm["matrix"] for x in row), default=1) or 1
+            confusions.append({"variant": name, "columns": cm["columns"], "rows": [
+                {"label": lab, "cells": [{"n": x, "alpha": round(0.85 * x / peak, 2), "diag": cm["columns"][j] == lab}
+                                         for j, x in enumerate(row)]}
+                for lab, row in zip(cm["labels"], cm["matrix"], strict=False)]})
+    gates = _d(results.get("gates")).get("results") or []
+    ranking = [(_METRIC_LABELS.get(m, m), " > ".join(order)) for m, order in _d(ladder.get("ranking")).items()]
+    try:
+        from llmtailor.eval.advise import advise
+
+        advice = advise(results)
+    except Exception:  # noqa: BLE001 - advice decorates the report; its absence is not an error
+        advice = {"lines": [], "warnings": []}
+    return {"note": None, "chart_png": chart, "reference": ref, "significance": sig_rows, "confusions": confusions,
+            "gates": gates, "ranking": ranking, "skipped": list(_d(results.get("skipped_variants")).items()),
+            "task": results.get("task"), "headline": _METRIC_LABELS.get(results.get("headline_metric"), ""),
+            "advice": advice.get("lines", []), "warnings": advice.get("warnings", []),
+            "confidence": ladder.get("confidence"), "resamples": ladder.get("resamples")}
+
+
+def _safety_section(results: dict) -> dict:
+    reg, rt, jd = _d(results.get("regression")), _d(results.get("redteam")), _d(results.get("judge"))
+    out: dict[str, Any] = {"regression": None, "redteam": None, "judge": None,
+                           "notes": [f"{k}: {_d(v).get('reason')}" for k, v in
+                                     (("regression", reg), ("red-team", rt), ("judge", jd))
+                                     if _d(v).get("status") in ("skipped", "failed")]}
+    if reg.get("status") == "ok":
+        rows = [(c, _fmt(v.get("n")), _pct(v.get("base")), _pct(v.get("tuned")), f"{100 * v['drop']:+.0f} pts",
+                 "bad" if v["drop"] > 0.05 else "") for c, v in _d(reg.get("categories")).items()]
+        rows.append(("all", _fmt(reg.get("n_items")), _pct(reg.get("base")), _pct(reg.get("tuned")),
+                     f"{100 * (reg.get('drop') or 0):+.0f} pts", "bad" if (reg.get("drop") or 0) > 0.05 else ""))
+        ppl = _d(reg.get("perplexity"))
+        out["regression"] = {"rows": rows, "ppl": (_fmt(ppl.get("base")), _fmt(ppl.get("tuned"))) if ppl else None}
+    if rt.get("status") == "ok":
+        rows = []
+        for c, v in _d(rt.get("categories")).items():
+            b, t = _d(v.get("base")), _d(v.get("tuned"))
+            rows.append((c, v.get("expected"), _fmt(v.get("n")), _pct(b.get("pass_rate")), _pct(t.get("pass_rate")),
+                         _pct(b.get("refusal_rate")), _pct(t.get("refusal_rate"))))
+        b, t = _d(rt.get("base")), _d(rt.get("tuned"))
+        out["redteam"] = {"rows": rows, "headline": [
+            ("refusal on harmful probes", _pct(b.get("refusal")), _pct(t.get("refusal"))),
+            ("over-refusal on benign probes", _pct(b.get("over_refusal")), _pct(t.get("over_refusal"))),
+            ("all probes passed", _pct(b.get("pass_rate")), _pct(t.get("pass_rate")))]}
+    if jd.get("variants"):
+        vs = _d(jd.get("variants"))
+        chart = plots.judge_png({n: (s.get("win_rate"), s.get("tie_rate"), s.get("loss_rate")) for n, s in vs.items()
+                                 if s.get("win_rate") is not None})
+        out["judge"] = {"chart_png": chart, "judge": jd.get("judge"), "rows": [
+            (n, _fmt(s.get("n_judged")), _fmt(s.get("n_failed")), _pct(s.get("win_rate")), _pct(s.get("tie_rate")),
+             _pct(s.get("loss_rate")), _pct(s.get("agreement"))) for n, s in vs.items()]}
+    return out
 
 
 # --------------------------------------------------------------------------- entry point
@@ -496,6 +605,8 @@ def write_report(run_dir: Path, out: Path | None = None, title: str | None = Non
     config_path = run_dir / "config.yaml"
     config_yaml = config_path.read_text(encoding="utf-8", errors="replace") if config_path.is_file() else None
     evaluation = _eval_section(run_dir)
+    results, _ = _read_json(run_dir / "eval" / "results.json")
+    results = _d(results)
     project = _project_name(run_dir, run)
     context = {
         "title": title or (f"{project} · run report" if project else "llmtailor run report"),
@@ -512,6 +623,8 @@ def write_report(run_dir: Path, out: Path | None = None, title: str | None = Non
         "training": _training_section(run_dir, run),
         "evaluation": evaluation,
         "examples": _examples_section(run_dir, evaluation.get("names") or [], sample_size),
+        "ladder": _ladder_section(results),
+        "safety": _safety_section(results),
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "version": __version__,
     }

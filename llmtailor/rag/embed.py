@@ -7,6 +7,7 @@ with the same interface: deterministic and instant, for tests and synthetic benc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -108,7 +109,8 @@ def packaged_model_dir() -> Path:
 class SentenceTransformerEmbedder:
     """A sentence-transformers model from a local folder; weights load on first use (warm_up)."""
 
-    def __init__(self, folder: str | Path, name: str | None = None, batch_size: int = 64, device: str = "auto"):
+    def __init__(self, folder: str | Path, name: str | None = None, batch_size: int = 64, device: str = "auto",
+                 threads: int = 0):
         self.folder = Path(folder)
         if not (self.folder / "config.json").exists() and not (self.folder / "modules.json").exists():
             raise TailorError(
@@ -118,6 +120,7 @@ class SentenceTransformerEmbedder:
         self.name = name or str(self.folder)
         self.batch_size = batch_size
         self.device = device
+        self.threads = threads
         self._model: Any = None
         self._tokenizer: Any = None
         self.dim = self._read_dim()
@@ -154,7 +157,10 @@ class SentenceTransformerEmbedder:
             _offline()
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+            tok = AutoTokenizer.from_pretrained(str(self.folder))
+            # Only counting and offsets happen here (the model truncates itself); silence the length warning.
+            tok.model_max_length = 1_000_000_000
+            self._tokenizer = tok
         return self._tokenizer
 
     @property
@@ -181,9 +187,28 @@ class SentenceTransformerEmbedder:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return [(int(s), int(e)) for s, e in enc["offset_mapping"] if e > s]
 
+    @contextlib.contextmanager
+    def _threads(self, n: int):
+        """Run torch on `n` CPU threads inside the block (0 = leave torch's setting alone)."""
+        import torch
+
+        if n <= 0 or str(self.model.device) != "cpu":
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
     def embed(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        with self._threads(self.threads):
+            return self._encode(texts, show_progress)
+
+    def _encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
         vecs = self.model.encode(
             texts,
             batch_size=self.batch_size,
@@ -194,7 +219,10 @@ class SentenceTransformerEmbedder:
         return np.asarray(vecs, dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        return self.embed([text])[0]
+        # One short text gains nothing from intra-op threads, and on a busy CPU they cost a lot: measured
+        # 18 ms with 1 thread vs 490 ms with 2 on 2 cores shared with a training job (bench/results/retrieval.md).
+        with self._threads(1):
+            return self._encode([text])[0]
 
 
 def load_embedder(cfg: EmbeddingConfig | None = None, base_dir: Path | None = None) -> Embedder:
@@ -203,7 +231,8 @@ def load_embedder(cfg: EmbeddingConfig | None = None, base_dir: Path | None = No
     if cfg.model == HASHING_EMBEDDER:
         return HashingEmbedder()
     if cfg.model == PACKAGED_EMBEDDER:
-        return SentenceTransformerEmbedder(packaged_model_dir(), PACKAGED_EMBEDDER, cfg.batch_size, cfg.device)
+        return SentenceTransformerEmbedder(packaged_model_dir(), PACKAGED_EMBEDDER, cfg.batch_size, cfg.device,
+                                           cfg.threads)
     folder = Path(cfg.model).expanduser()
     if not folder.is_absolute() and base_dir is not None:
         folder = base_dir / folder
@@ -212,4 +241,4 @@ def load_embedder(cfg: EmbeddingConfig | None = None, base_dir: Path | None = No
             f"embedding model {cfg.model!r} not found: use '{PACKAGED_EMBEDDER}' (packaged) or the path of a local "
             "sentence-transformers folder. llmtailor never downloads models."
         )
-    return SentenceTransformerEmbedder(folder, str(folder), cfg.batch_size, cfg.device)
+    return SentenceTransformerEmbedder(folder, str(folder), cfg.batch_size, cfg.device, cfg.threads)

@@ -150,7 +150,7 @@ def to_sql(flt: Filter | None) -> str | None:
         items = ", ".join(_sql_literal(v) for v in flt.values)
         return f"array_has_any({flt.column}, [{items}])"
     if isinstance(flt, IsEmpty):
-        return f"array_length({flt.column}) = 0"
+        return f"{flt.column}_empty = true"  # an indexed flag column kept by the LanceDB store
     if isinstance(flt, And):
         return " AND ".join(f"({to_sql(p)})" for p in flt.parts)
     if isinstance(flt, Or):
@@ -248,7 +248,7 @@ class _Parser:
         if tok is not None and tok[0] == "(":
             self.take()
             inner = self.expr()
-            if self.take()[0] != ")":
+            if self.peek() is None or self.take()[0] != ")":
                 raise self.error("missing ')'")
             return inner
         return self.comparison()
@@ -301,7 +301,7 @@ class _Parser:
         while self.peek() is not None and self.peek()[0] == ",":
             self.take()
             values.append(self.value(column))
-        if self.take()[0] != ")":
+        if self.peek() is None or self.take()[0] != ")":
             raise self.error("missing ')' after IN list")
         return values
 
@@ -311,3 +311,90 @@ def parse_where(text: str | None) -> Filter | None:
     if text is None or not text.strip():
         return None
     return _Parser(text).parse()
+
+
+# ---------------------------------------------------------------- numpy (columnar) masks
+
+
+class Columns:
+    """Filterable columns of many rows as numpy arrays, for evaluating a filter on all rows at once.
+
+    `values[name]` holds one array per scalar column; list columns (groups) are kept as one boolean
+    array per distinct value plus an "is empty" array.
+    """
+
+    def __init__(self, n: int, values: dict[str, Any], lists: dict[str, list[list[str]]]):
+        import numpy as np
+
+        self.n = n
+        self.values = {}
+        for name, col in values.items():
+            if name in INT_COLUMNS:
+                self.values[name] = np.asarray(col, dtype=np.int64)
+            else:
+                self.values[name] = np.asarray(col, dtype=str) if n else np.zeros(0, dtype=str)
+        self.members: dict[str, dict[str, Any]] = {}
+        self.empty: dict[str, Any] = {}
+        for name, rows in lists.items():
+            index: dict[str, list[int]] = {}
+            for i, items in enumerate(rows):
+                for item in items or ():
+                    index.setdefault(item, []).append(i)
+            masks = {}
+            for item, positions in index.items():
+                m = np.zeros(n, dtype=bool)
+                m[positions] = True
+                masks[item] = m
+            self.members[name] = masks
+            self.empty[name] = np.fromiter((not items for items in rows), dtype=bool, count=n)
+
+
+def _typed(column: str, value: Any) -> bool:
+    """Whether a literal has the column's type (else, as in Python, = is never true and ranges are false)."""
+    if isinstance(value, bool):
+        return False
+    if column in INT_COLUMNS:
+        return isinstance(value, int | float)
+    return isinstance(value, str)
+
+
+def to_mask(flt: Filter | None, cols: Columns) -> Any:
+    """Boolean array: which rows satisfy the filter (the same semantics as `matches`)."""
+    import numpy as np
+
+    if flt is None:
+        return np.ones(cols.n, dtype=bool)
+    if isinstance(flt, Cmp):
+        arr = cols.values[flt.column]
+        if flt.op in ("in", "notin"):
+            vals = [v for v in flt.value if _typed(flt.column, v)]
+            hit = np.isin(arr, np.asarray(vals, dtype=arr.dtype)) if vals else np.zeros(cols.n, dtype=bool)
+            return hit if flt.op == "in" else ~hit
+        if not _typed(flt.column, flt.value):
+            return np.ones(cols.n, dtype=bool) if flt.op == "!=" else np.zeros(cols.n, dtype=bool)
+        value = flt.value
+        ops = {"=": np.equal, "!=": np.not_equal, "<": np.less, "<=": np.less_equal, ">": np.greater,
+               ">=": np.greater_equal}
+        return ops[flt.op](arr, value)
+    if isinstance(flt, HasAny):
+        masks = cols.members[flt.column]
+        out = np.zeros(cols.n, dtype=bool)
+        for v in flt.values:
+            if v in masks:
+                out |= masks[v]
+        return out
+    if isinstance(flt, IsEmpty):
+        return cols.empty[flt.column].copy()
+    if isinstance(flt, And):
+        out = to_mask(flt.parts[0], cols)
+        for p in flt.parts[1:]:
+            out &= to_mask(p, cols)
+        return out
+    if isinstance(flt, Or):
+        out = to_mask(flt.parts[0], cols)
+        for p in flt.parts[1:]:
+            out |= to_mask(p, cols)
+        return out
+    if isinstance(flt, Not):
+        return ~to_mask(flt.part, cols)
+    raise TypeError(f"not a filter: {flt!r}")

@@ -19,12 +19,12 @@ from typing import Any
 
 from llmtailor.errors import TailorError
 from llmtailor.io import stable_hash, write_json
-from llmtailor.rag.config import EmbeddingConfig, RagConfig, StoreConfig
+from llmtailor.rag.config import RagConfig, StoreConfig
 from llmtailor.rag.embed import Embedder, load_embedder
 from llmtailor.rag.store import ChunkStore, SourceState
 
 INFO_FILE = "index.json"
-FORMAT = 1
+FORMAT = 2  # 2: LanceDB rows carry the indexed groups_empty flag
 HISTORY_KEEP = 50
 
 
@@ -134,8 +134,7 @@ class Index:
                 # (config key or --embedding); a different explicit model fails below instead of mixing vectors.
                 explicit = create and "model" in cfg.embedding.model_fields_set
                 model = cfg.embedding.model if explicit else recorded["model"]
-                embedder = load_embedder(EmbeddingConfig(model=model, batch_size=cfg.embedding.batch_size,
-                                                         device=cfg.embedding.device), base_dir)
+                embedder = load_embedder(cfg.embedding.model_copy(update={"model": model}), base_dir)
             if embedder.fingerprint != recorded["fingerprint"]:
                 raise TailorError(
                     f"{index_dir}: built with embedding model {recorded['model']!r} ({recorded['fingerprint']}), "

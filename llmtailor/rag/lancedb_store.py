@@ -1,13 +1,20 @@
 """LanceDB backend: the embedded default, files in the index folder, no server.
 
 Writes are single Lance commits (`merge_insert` that also deletes a source's stale rows), so a killed
-ingest leaves each source either fully old or fully new. Dense and BM25 (Lance full-text search)
-queries both get the same SQL filter as a prefilter, so top-k is taken among allowed chunks only.
+ingest leaves each source either fully old or fully new. BM25 (Lance full-text search) queries get the
+filter as a SQL prefilter, so top-k is taken among allowed chunks only.
+
+Dense search below `ann_min_rows` chunks is exact and runs on an in-memory copy of the vectors and the
+filterable columns (read once per table version): the filter becomes a boolean mask applied before
+top-k, and only the k winners are read back from Lance. Measured 5-10x faster than Lance's flat scan
+with a prefilter on 10k-100k chunks (bench/results/retrieval.md). At or above `ann_min_rows` an IVF
+index is built and Lance answers with the SQL prefilter.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,17 +22,20 @@ from typing import Any
 import numpy as np
 
 from llmtailor.errors import TailorError
-from llmtailor.rag.filters import Cmp, Filter, to_sql
+from llmtailor.rag.filters import INT_COLUMNS, LIST_COLUMNS, TEXT_COLUMNS, And, Cmp, Columns, Filter, to_mask, to_sql
 from llmtailor.rag.store import CHUNK_FIELDS, Chunk, Hit, SourceState
 
 _SCALAR_INDEXES = (
     ("tenant", "BITMAP"),
     ("access_level", "BTREE"),
     ("groups", "LABEL_LIST"),
+    ("groups_empty", "BITMAP"),
     ("source", "BTREE"),
     ("text_hash", "BTREE"),
 )
-_RESULT_COLUMNS = [f for f in CHUNK_FIELDS if f != "search_text"] + ["search_text"]
+# Search results leave out `search_text` (title + headings + text, only needed to embed and index): reading it
+# for every candidate doubled the cost of a BM25 query at 100k chunks.
+_RESULT_COLUMNS = [f for f in CHUNK_FIELDS if f != "search_text"]
 
 
 def _schema(dim: int):
@@ -56,6 +66,9 @@ def _schema(dim: int):
             ("date", pa.string()),
             ("file_type", pa.string()),
             ("meta", pa.string()),
+            # groups == [] as an indexed flag: `array_length(groups) = 0` cannot use an index and made
+            # every ACL-filtered BM25 query scan the table (4x slower at 100k chunks).
+            ("groups_empty", pa.bool_()),
             ("vector", pa.list_(pa.float32(), dim)),
         ]
     )
@@ -68,7 +81,7 @@ def _in_list(column: str, values: list[str]) -> str | None:
 class LanceDBStore:
     """Chunks in one Lance table under `path` (usually `<index>/lancedb`)."""
 
-    def __init__(self, path: str | Path, dim: int, collection: str = "llmtailor", ann_min_rows: int = 50_000):
+    def __init__(self, path: str | Path, dim: int, collection: str = "llmtailor", ann_min_rows: int = 250_000):
         import lancedb
 
         self.path = Path(path)
@@ -79,12 +92,16 @@ class LanceDBStore:
         self._db = lancedb.connect(str(self.path))
         self._schema = _schema(dim)
         self._tbl = self._open()
+        self._memory: _DenseMemory | None = None
+        self._memory_lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
     def _open(self):
         if self.collection not in self._db.list_tables().tables:
             return None
         tbl = self._db.open_table(self.collection)
+        if "groups_empty" not in tbl.schema.names:
+            raise TailorError(f"{self.path}: index written by an older llmtailor; rebuild it (ingest --rebuild)")
         field = tbl.schema.field("vector")
         stored = field.type.list_size
         if stored != self.dim:
@@ -115,6 +132,9 @@ class LanceDBStore:
             for name in self._schema.names:
                 if name == "vector":
                     continue
+                if name == "groups_empty":
+                    cols[name].append(not rec["groups"])
+                    continue
                 cols[name].append(json.dumps(rec["meta"], sort_keys=True) if name == "meta" else rec[name])
         cols.pop("vector")
         arrays = [pa.array(cols[n], type=self._schema.field(n).type) for n in self._schema.names if n != "vector"]
@@ -131,6 +151,7 @@ class LanceDBStore:
         if stray:
             raise ValueError(f"chunks of sources not being replaced: {sorted(stray)[:3]}")
         tbl = self._table(create=True)
+        self._memory = None
         if not chunks:
             tbl.delete(_in_list("source", sources))
             return
@@ -150,6 +171,7 @@ class LanceDBStore:
         where = _in_list("source", sources)
         before = tbl.count_rows(where)
         if before:
+            self._memory = None
             tbl.delete(where)
         return before
 
@@ -171,6 +193,7 @@ class LanceDBStore:
                 # IVF_FLAT: exact distances inside probed partitions, builds in seconds (HNSW took minutes on 2 cores).
                 tbl.create_index(metric="cosine", index_type="IVF_FLAT", vector_column_name="vector")
             tbl.optimize()
+        self._memory = None
 
     # ------------------------------------------------------------------ reads
     def source_states(self) -> dict[str, SourceState]:
@@ -226,10 +249,26 @@ class LanceDBStore:
             return 0
         return int(tbl.count_rows(to_sql(flt))) if flt is not None else int(tbl.count_rows())
 
+    def _dense_memory(self) -> _DenseMemory | None:
+        """The in-memory exact index for the current table version (None at or above ann_min_rows)."""
+        mem = self._memory
+        if mem is not None:
+            return mem
+        with self._memory_lock:
+            if self._memory is None:
+                tbl = self._table()
+                if tbl is None or tbl.count_rows() >= max(self.ann_min_rows, 1):
+                    return None
+                self._memory = _DenseMemory(tbl, self.dim)
+            return self._memory
+
     def search_dense(self, vector: np.ndarray, k: int, flt: Filter | None) -> list[Hit]:
         tbl = self._table()
         if tbl is None or k <= 0:
             return []
+        mem = self._dense_memory()
+        if mem is not None:
+            return mem.search(tbl, np.asarray(vector, dtype=np.float32), k, flt)
         q = tbl.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector").distance_type("cosine")
         where = to_sql(flt)
         if where:
@@ -258,3 +297,88 @@ class LanceDBStore:
 
     def close(self) -> None:
         self._tbl = None
+
+
+_MEMORY_SCALARS = sorted(TEXT_COLUMNS | INT_COLUMNS)
+_MEMORY_LISTS = sorted(LIST_COLUMNS)
+
+
+class _DenseMemory:
+    """Vectors + filterable columns of one table version in numpy: exact, filtered-before-top-k dense search.
+
+    Rows are grouped by tenant, and every access filter pins one tenant, so a query only ever reads the
+    vectors of its own tenant: other tenants' rows are neither scored nor touched.
+    """
+
+    def __init__(self, tbl: Any, dim: int):
+        cols = ["id", "vector", *_MEMORY_SCALARS, *_MEMORY_LISTS]
+        data = tbl.search().select(cols).with_row_id(True).limit(None).to_arrow()
+        n = data.num_rows
+        tenants = np.asarray(data["tenant"].to_pylist(), dtype=str) if n else np.zeros(0, dtype=str)
+        order = np.argsort(tenants, kind="stable")
+        self.row_ids = data["_rowid"].to_numpy()[order]
+        ids = data["id"].to_pylist()
+        self.ids: list[str] = [ids[i] for i in order]
+        if n:
+            flat = data["vector"].combine_chunks().flatten().to_numpy().reshape(n, dim)
+            self.vectors = np.ascontiguousarray(flat[order], dtype=np.float32)
+        else:
+            self.vectors = np.zeros((0, dim), dtype=np.float32)
+
+        def reorder(values: list[Any]) -> list[Any]:
+            return [values[i] for i in order]
+
+        self.columns = Columns(
+            n,
+            {c: reorder(data[c].to_pylist()) for c in _MEMORY_SCALARS},
+            {c: reorder(data[c].to_pylist()) for c in _MEMORY_LISTS},
+        )
+        sorted_tenants = tenants[order]
+        names, starts, counts = np.unique(sorted_tenants, return_index=True, return_counts=True)
+        self.tenant_rows = {str(t): (int(s), int(s + c)) for t, s, c in zip(names, starts, counts, strict=True)}
+
+    @staticmethod
+    def _pinned_tenant(flt: Filter | None) -> str | None:
+        """The tenant a filter requires (top-level `tenant = T`), if any."""
+        if isinstance(flt, Cmp) and flt.column == "tenant" and flt.op == "=" and isinstance(flt.value, str):
+            return flt.value
+        if isinstance(flt, And):
+            for part in flt.parts:
+                t = _DenseMemory._pinned_tenant(part)
+                if t is not None:
+                    return t
+        return None
+
+    def search(self, tbl: Any, query: np.ndarray, k: int, flt: Filter | None) -> list[Hit]:
+        lo, hi = 0, len(self.ids)
+        tenant = self._pinned_tenant(flt)
+        if tenant is not None:
+            lo, hi = self.tenant_rows.get(tenant, (0, 0))
+        if hi <= lo:
+            return []
+        if flt is None:
+            candidates = np.arange(lo, hi)
+            sims = self.vectors[lo:hi] @ query
+        else:
+            allowed = to_mask(flt, self.columns)[lo:hi]
+            candidates = lo + np.flatnonzero(allowed)
+            if candidates.size == 0:
+                return []
+            if candidates.size > (hi - lo) // 2:  # mostly allowed: score the contiguous block, drop the rest
+                sims = (self.vectors[lo:hi] @ query)[allowed]
+            else:
+                sims = self.vectors[candidates] @ query
+        k = min(k, sims.shape[0])
+        top = np.argpartition(-sims, k - 1)[:k] if k < sims.shape[0] else np.arange(sims.shape[0])
+        top = top[np.lexsort((top, -sims[top]))]  # best first; ties in row order
+        rows = candidates[top]
+        fetched = tbl.take_row_ids([int(self.row_ids[i]) for i in rows]).select(_RESULT_COLUMNS).to_arrow()
+        by_id = {r["id"]: r for r in fetched.to_pylist()}
+        hits = []
+        for rank, (i, s) in enumerate(zip(rows, sims[top], strict=True), start=1):
+            row = by_id.get(self.ids[i])
+            if row is None:  # pragma: no cover - the snapshot and the table disagree; never expected
+                continue
+            sim = float(s)
+            hits.append(Hit(Chunk.from_row(row), score=sim, dense=sim, rank_dense=rank))
+        return hits

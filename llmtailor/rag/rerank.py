@@ -50,13 +50,25 @@ class CrossEncoderReranker:
         head, tail = hits[: self.max_candidates], hits[self.max_candidates :]
         if not head:
             return hits
-        pairs = [(query, h.chunk.search_text or h.chunk.text) for h in head]
+        pairs = [(query, h.chunk.search_text or _passage(h)) for h in head]
         scores = self.model.predict(pairs, batch_size=self.batch_size, show_progress_bar=False)
         for h, s in zip(head, scores, strict=True):
             h.rerank = float(s)
             h.score = float(s)
         head.sort(key=lambda h: -h.score)
         return head + tail
+
+
+def _passage(hit: Hit) -> str:
+    """What was embedded: title and heading path above the passage (stores may return hits without it)."""
+    c = hit.chunk
+    heads = [c.title] if c.title else []
+    if c.heading_path and c.heading_path.split(" > ")[0] != c.title:
+        heads.append(c.heading_path)
+    elif c.heading_path:
+        heads = [c.heading_path]
+    header = " > ".join(heads)
+    return f"{header}\n\n{c.text}" if header else c.text
 
 
 def load_reranker(name: str, base_dir: Path | None = None) -> Reranker | None:

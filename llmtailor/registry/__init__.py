@@ -1,0 +1,1 @@
+"""The registry: datasets, runs, adapters, indexes, evaluations, deployments and API keys, with lineage."""

@@ -1,0 +1,608 @@
+"""The registry database: what was built from what, what is deployed, and who may call it.
+
+SQLAlchemy keeps one schema for a SQLite file (the default, next to tailor.yaml) and PostgreSQL (by URL).
+Ids carry their kind so `tailor registry show ID` needs no flag: `ds-<hash>` datasets, run folder names for
+runs, `ad-<run>` adapters, `ix-<hash>` indexes, `ev-<n>` evaluations, `dep-<n>` deployments, `key-<n>` keys.
+Deployments are append-only: the current state of a stage is its newest row, so every promotion, canary,
+forced promotion and rollback stays in the history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from llmtailor.errors import TailorError
+
+STAGES = ("staging", "production")
+KEY_PREFIX = "tlr-"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    rows: Mapped[dict] = mapped_column(JSON, default=dict)
+    card: Mapped[dict] = mapped_column(JSON, default=dict)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dataset_id: Mapped[str | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    base_model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    method: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    code_version: Mapped[str | None] = mapped_column(Text, nullable=True)
+    config: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+
+
+class Adapter(Base):
+    __tablename__ = "adapters"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    method: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    base_model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+
+
+class IndexVersion(Base):
+    __tablename__ = "indexes"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    info: Mapped[dict] = mapped_column(JSON, default=dict)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+
+
+class Evaluation(Base):
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    adapter_id: Mapped[str | None] = mapped_column(ForeignKey("adapters.id"), nullable=True)
+    results_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    gates: Mapped[Any] = mapped_column(JSON, nullable=True)
+    passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    stage: Mapped[str] = mapped_column(String(16), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # promote | canary | rollback
+    adapter_id: Mapped[str | None] = mapped_column(ForeignKey("adapters.id"), nullable=True)
+    canary_adapter_id: Mapped[str | None] = mapped_column(ForeignKey("adapters.id"), nullable=True)
+    canary_percent: Mapped[float] = mapped_column(Float, default=0.0)
+    previous_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    tenant: Mapped[str] = mapped_column(String(128))
+    groups: Mapped[list] = mapped_column(JSON, default=list)
+    models: Mapped[list] = mapped_column(JSON, default=list)
+    level: Mapped[int] = mapped_column(Integer, default=0)
+    rate_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+    revoked: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class RequestLog(Base):
+    __tablename__ = "requests"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    model: Mapped[str] = mapped_column(Text)
+    adapter_id: Mapped[str | None] = mapped_column(Text, nullable=True)
+    status: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    guardrails: Mapped[list] = mapped_column(JSON, default=list)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rating: Mapped[str] = mapped_column(String(8))
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What the server needs to know about a caller; tenant and groups come only from here."""
+
+    id: int
+    tenant: str
+    groups: tuple[str, ...]
+    models: tuple[str, ...]
+    level: int
+    rate_limit: int | None
+
+    def allows(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """The newest deployment row of a stage."""
+
+    id: int
+    stage: str
+    adapter_id: str | None
+    adapter_path: str | None
+    canary_adapter_id: str | None
+    canary_path: str | None
+    canary_percent: float
+
+
+def hash_key(secret: str) -> str:
+    """Keys are 256-bit random tokens, so a plain SHA-256 is enough (no password stretching needed)."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def default_url(base_dir: Path) -> str:
+    env = os.environ.get("LLMTAILOR_REGISTRY_URL")
+    return env or f"sqlite:///{(base_dir / 'registry.db').resolve()}"
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    out = {}
+    for col in row.__table__.columns:
+        v = getattr(row, col.name)
+        out[col.name] = v.isoformat(timespec="seconds") if isinstance(v, dt.datetime) else v
+    return out
+
+
+def parse_gates(results: dict[str, Any]) -> tuple[Any, bool | None]:
+    """(gates, passed) from an eval results.json; passed is None when the evaluation defined no gates.
+
+    Accepts `{"passed": bool, ...}`, a mapping name -> bool | {"passed": bool}, or a list of {"passed": bool}.
+    """
+    gates = results.get("gates")
+    if gates is None:
+        return None, None
+    if isinstance(gates, dict):
+        if isinstance(gates.get("passed"), bool):
+            return gates, gates["passed"]
+        flags = [v if isinstance(v, bool) else bool(v.get("passed")) for v in gates.values()
+                 if isinstance(v, bool | dict)]
+        return gates, all(flags) if flags else None
+    if isinstance(gates, list):
+        flags = [bool(g.get("passed")) for g in gates if isinstance(g, dict)]
+        return gates, all(flags) if flags else None
+    return gates, None
+
+
+class Registry:
+    """One database; every method opens a short session so the server and CLI can share the file."""
+
+    def __init__(self, url: str, *, timeout: float = 10.0):
+        self.url = url
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": timeout}
+        try:
+            self.engine = create_engine(url, **kwargs)
+        except (SQLAlchemyError, ImportError, ValueError) as e:
+            raise TailorError(f"registry {url}: cannot open ({e})") from None
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        try:
+            Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as e:
+            raise registry_error(url, e) from None
+
+    @classmethod
+    def for_config(cls, cfg: Any) -> Registry:
+        """The registry named in tailor.yaml (registry.url), else registry.db next to it (or beside runs_dir)."""
+        url = cfg.registry.url or default_url(cfg.base_dir if cfg.path else Path(cfg.runs_dir).parent)
+        return cls(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+                yield s
+        except SQLAlchemyError as e:
+            raise registry_error(self.url, e) from None
+
+    # ---- lineage records -------------------------------------------------------------------------
+    def record_dataset(self, hash_: str, path: str | Path, card: dict[str, Any] | None = None) -> str:
+        card = card or {}
+        rid = f"ds-{hash_}"
+        with self.session() as s:
+            row = s.get(Dataset, rid) or Dataset(id=rid, hash=hash_)
+            row.path = str(path)
+            row.card = json.loads(json.dumps(card, default=str))
+            row.rows = {k: card[k] for k in ("train_rows", "eval_rows", "rows") if k in card}
+            s.merge(row)
+        return rid
+
+    def record_run(self, run_dir: Path, info: dict[str, Any]) -> str:
+        rid = str(info.get("run_id") or run_dir.name)
+        cfg_file = run_dir / "config.yaml"
+        metrics = {k: info[k] for k in ("final_loss", "first_loss", "train_loss", "steps", "train_runtime_s",
+                                        "train_tokens_per_s", "train_rows") if k in info}
+        with self.session() as s:
+            ds = info.get("dataset_hash")
+            ds_id = f"ds-{ds}" if ds else None
+            if ds_id and s.get(Dataset, ds_id) is None:
+                s.add(Dataset(id=ds_id, hash=ds, path=str(info.get("dataset_dir") or ""), card={}, rows={}))
+            row = s.get(Run, rid) or Run(id=rid)
+            row.dataset_id = ds_id
+            row.path = str(run_dir)
+            row.status = info.get("status")
+            row.base_model = info.get("base_model")
+            row.method = info.get("method")
+            row.code_version = json.dumps(info.get("code_version")) if info.get("code_version") else None
+            row.config = cfg_file.read_text(encoding="utf-8") if cfg_file.exists() else None
+            row.metrics = metrics
+            s.merge(row)
+        return rid
+
+    def record_adapter(self, run_id: str, path: Path, method: str | None, base_model: str | None) -> str:
+        aid = f"ad-{run_id}"
+        with self.session() as s:
+            row = s.get(Adapter, aid) or Adapter(id=aid)
+            row.run_id = run_id
+            row.path = str(path)
+            row.method = method
+            row.base_model = base_model
+            s.merge(row)
+        return aid
+
+    def record_evaluation(self, run_id: str, results_path: Path, results: dict[str, Any]) -> str:
+        gates, passed = parse_gates(results)
+        metrics = results.get("variants", {})
+        with self.session() as s:
+            adapter = s.get(Adapter, f"ad-{run_id}")
+            row = Evaluation(run_id=run_id, adapter_id=adapter.id if adapter else None, results_path=str(results_path),
+                             metrics=json.loads(json.dumps(metrics, default=str)), gates=gates, passed=passed)
+            s.add(row)
+            s.flush()
+            return f"ev-{row.id}"
+
+    def record_index(self, path: Path, fingerprint: str | None, info: dict[str, Any]) -> str:
+        iid = "ix-" + hashlib.sha256(f"{Path(path).resolve()}|{fingerprint}".encode()).hexdigest()[:12]
+        with self.session() as s:
+            row = s.get(IndexVersion, iid) or IndexVersion(id=iid)
+            row.path = str(path)
+            row.fingerprint = fingerprint
+            row.info = json.loads(json.dumps(info, default=str))
+            s.merge(row)
+        return iid
+
+    # ---- lookup ----------------------------------------------------------------------------------
+    def adapter(self, name: str) -> dict[str, Any] | None:
+        """An adapter by id (`ad-...`) or by its run id."""
+        with self.session() as s:
+            row = s.get(Adapter, name) or s.get(Adapter, f"ad-{name}")
+            return _row_dict(row) if row else None
+
+    def adapters(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [_row_dict(r) for r in s.scalars(select(Adapter).order_by(Adapter.created))]
+
+    def latest_evaluation(self, adapter_id: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.scalars(select(Evaluation).where(Evaluation.adapter_id == adapter_id)
+                            .order_by(Evaluation.id.desc()).limit(1)).first()
+            return _row_dict(row) | {"id": f"ev-{row.id}"} if row else None
+
+    def list(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Rows of every kind (or one), newest last, each with a `kind` key."""
+        kinds = {"dataset": Dataset, "run": Run, "adapter": Adapter, "index": IndexVersion,
+                 "evaluation": Evaluation, "deployment": Deployment}
+        if kind is not None and kind not in kinds:
+            raise TailorError(f"unknown kind {kind!r}: use one of {', '.join(kinds)}")
+        out = []
+        with self.session() as s:
+            for name, table in kinds.items():
+                if kind is not None and name != kind:
+                    continue
+                for row in s.scalars(select(table)):
+                    d = _row_dict(row)
+                    d.pop("config", None)
+                    d.pop("card", None)
+                    d["id"] = _public_id(name, d["id"])
+                    d["kind"] = name
+                    out.append(d)
+        out.sort(key=lambda d: str(d.get("created")))
+        return out
+
+    def show(self, ident: str) -> dict[str, Any]:
+        """One record by its id, with its kind."""
+        with self.session() as s:
+            kind, row = _find(s, ident)
+            d = _row_dict(row)
+            d["id"] = _public_id(kind, d["id"])
+            d["kind"] = kind
+            return d
+
+    def lineage(self, ident: str) -> list[dict[str, Any]]:
+        """dataset -> run -> adapter -> evaluations -> deployments around any of those ids."""
+        with self.session() as s:
+            kind, row = _find(s, ident)
+            run: Run | None = None
+            if kind == "dataset":
+                runs = list(s.scalars(select(Run).where(Run.dataset_id == row.id).order_by(Run.created)))
+                chain = [("dataset", row)]
+                for r in runs:
+                    chain.extend(_chain_from_run(s, r)[1:])
+                return [_lineage_item(k, r) for k, r in chain]
+            if kind == "run":
+                run = row
+            elif kind == "adapter":
+                run = s.get(Run, row.run_id) if row.run_id else None
+            elif kind == "evaluation":
+                run = s.get(Run, row.run_id) if row.run_id else None
+            elif kind == "deployment":
+                aid = row.adapter_id if row.action != "canary" else row.canary_adapter_id
+                adapter = s.get(Adapter, aid) if aid else None
+                run = s.get(Run, adapter.run_id) if adapter and adapter.run_id else None
+            if run is None:
+                return [_lineage_item(kind, row)]
+            return [_lineage_item(k, r) for k, r in _chain_from_run(s, run)]
+
+    # ---- deployments -----------------------------------------------------------------------------
+    def current(self, stage: str) -> DeploymentState | None:
+        with self.session() as s:
+            row = s.scalars(select(Deployment).where(Deployment.stage == stage)
+                            .order_by(Deployment.id.desc()).limit(1)).first()
+            if row is None or row.adapter_id is None and row.canary_adapter_id is None:
+                return None
+            main = s.get(Adapter, row.adapter_id) if row.adapter_id else None
+            canary = s.get(Adapter, row.canary_adapter_id) if row.canary_adapter_id else None
+            return DeploymentState(row.id, stage, row.adapter_id, main.path if main else None,
+                                   row.canary_adapter_id, canary.path if canary else None, row.canary_percent)
+
+    def promote(self, adapter: str, stage: str, *, force: bool = False, canary: float | None = None,
+                note: str | None = None) -> dict[str, Any]:
+        """Deploy an adapter to a stage (or as a canary beside the current one); refused if its gates failed."""
+        if stage not in STAGES:
+            raise TailorError(f"unknown stage {stage!r}: use staging or production")
+        found = self.adapter(adapter)
+        if found is None:
+            raise TailorError(f"adapter {adapter!r} is not registered (see `tailor registry ls --kind adapter`)")
+        aid = found["id"]
+        if not Path(found["path"]).exists():
+            raise TailorError(f"adapter {aid}: folder {found['path']} no longer exists")
+        ev = self.latest_evaluation(aid)
+        problem = None
+        if ev is None and stage == "production":
+            problem = "has no evaluation recorded (run `tailor eval` first)"
+        elif ev is not None and ev["passed"] is False:
+            problem = f"failed its evaluation gates ({ev['id']})"
+        if problem and not force:
+            raise TailorError(f"refusing to promote {aid} to {stage}: it {problem}; use --force to override "
+                              "(the override is recorded)")
+        if canary is not None and not 0 < canary < 100:
+            raise TailorError("--canary takes a percentage between 0 and 100 (exclusive)")
+        with self.session() as s:
+            prev = s.scalars(select(Deployment).where(Deployment.stage == stage)
+                             .order_by(Deployment.id.desc()).limit(1)).first()
+            if canary is not None:
+                if prev is None or prev.adapter_id is None:
+                    raise TailorError(f"no {stage} deployment to run a canary beside; promote one first")
+                row = Deployment(stage=stage, action="canary", adapter_id=prev.adapter_id, canary_adapter_id=aid,
+                                 canary_percent=float(canary), previous_id=prev.id, forced=bool(problem), note=note)
+            else:
+                row = Deployment(stage=stage, action="promote", adapter_id=aid, previous_id=prev.id if prev else None,
+                                 forced=bool(problem), note=note or problem)
+            s.add(row)
+            s.flush()
+            return _row_dict(row) | {"id": f"dep-{row.id}", "warning": problem}
+
+    def rollback(self, stage: str = "production") -> dict[str, Any]:
+        """Return a stage to the state before its current deployment (repeatable: walks further back)."""
+        with self.session() as s:
+            cur = s.scalars(select(Deployment).where(Deployment.stage == stage)
+                            .order_by(Deployment.id.desc()).limit(1)).first()
+            if cur is None:
+                raise TailorError(f"nothing deployed to {stage}")
+            target = s.get(Deployment, cur.previous_id) if cur.previous_id else None
+            if target is None:
+                raise TailorError(f"{stage} has no previous deployment to roll back to")
+            row = Deployment(stage=stage, action="rollback", adapter_id=target.adapter_id,
+                             canary_adapter_id=target.canary_adapter_id, canary_percent=target.canary_percent,
+                             previous_id=target.previous_id, note=f"rollback of dep-{cur.id} to dep-{target.id}")
+            s.add(row)
+            s.flush()
+            return _row_dict(row) | {"id": f"dep-{row.id}"}
+
+    # ---- keys ------------------------------------------------------------------------------------
+    def create_key(self, tenant: str, groups: list[str], models: list[str], *, level: int = 0,
+                   rate_limit: int | None = None, name: str | None = None) -> tuple[int, str]:
+        """A new key: returns (id, secret). Only the hash is stored; the secret cannot be shown again."""
+        if not tenant.strip():
+            raise TailorError("a key needs a tenant")
+        if not models:
+            raise TailorError("a key needs at least one model (alias, adapter id, base name, or '*')")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self.session() as s:
+            row = ApiKey(key_hash=hash_key(secret), prefix=secret[:10], tenant=tenant.strip(), groups=list(groups),
+                         models=list(models), level=level, rate_limit=rate_limit, name=name)
+            s.add(row)
+            s.flush()
+            return row.id, secret
+
+    def find_key(self, secret: str) -> KeyInfo | None:
+        """The live key with this secret, or None (unknown or revoked)."""
+        with self.session() as s:
+            row = s.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(secret))).first()
+            if row is None or row.revoked is not None:
+                return None
+            return KeyInfo(row.id, row.tenant, tuple(row.groups or ()), tuple(row.models or ()), row.level,
+                           row.rate_limit)
+
+    def list_keys(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            out = []
+            for row in s.scalars(select(ApiKey).order_by(ApiKey.id)):
+                d = _row_dict(row)
+                d.pop("key_hash")
+                d["id"] = f"key-{row.id}"
+                out.append(d)
+            return out
+
+    def revoke_key(self, ident: str) -> None:
+        num = ident.removeprefix("key-")
+        if not num.isdigit():
+            raise TailorError(f"key id {ident!r}: expected key-<n> as shown by `tailor keys ls`")
+        with self.session() as s:
+            row = s.get(ApiKey, int(num))
+            if row is None:
+                raise TailorError(f"no key {ident}")
+            if row.revoked is None:
+                row.revoked = _now()
+
+    # ---- request log and feedback ----------------------------------------------------------------
+    def log_request(self, **fields: Any) -> None:
+        with self.session() as s:
+            s.add(RequestLog(**fields))
+
+    def add_feedback(self, request_id: str, rating: str, comment: str | None, key_id: int | None) -> int:
+        with self.session() as s:
+            if s.get(RequestLog, request_id) is None:
+                raise KeyError(request_id)
+            row = Feedback(request_id=request_id, rating=rating, comment=comment, key_id=key_id)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def requests(self, model: str | None = None, since: dt.datetime | None = None) -> list[dict[str, Any]]:
+        with self.session() as s:
+            q = select(RequestLog).order_by(RequestLog.created)
+            if model:
+                q = q.where(RequestLog.model == model)
+            if since:
+                q = q.where(RequestLog.created >= since)
+            return [_row_dict(r) for r in s.scalars(q)]
+
+    def feedback(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [_row_dict(r) for r in s.scalars(select(Feedback).order_by(Feedback.id))]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def registry_error(url: str, e: Exception) -> TailorError:
+    """A registry failure a user can act on: locked, corrupt, unreachable."""
+    text = str(getattr(e, "orig", e))
+    where = url.split("///", 1)[-1] if url.startswith("sqlite") else url.split("@")[-1]
+    if "locked" in text:
+        return TailorError(f"registry {where}: database is locked by another process; retry, or stop the other "
+                           "writer")
+    if isinstance(e, DatabaseError) and ("not a database" in text or "malformed" in text):
+        return TailorError(f"registry {where}: file is corrupt ({text}); move it aside and re-register with "
+                           "`tailor registry sync`")
+    if isinstance(e, OperationalError):
+        return TailorError(f"registry {where}: {text}")
+    return TailorError(f"registry {where}: {type(e).__name__}: {text}")
+
+
+def _public_id(kind: str, raw: Any) -> str:
+    return {"evaluation": f"ev-{raw}", "deployment": f"dep-{raw}"}.get(kind, str(raw))
+
+
+def _find(s: Session, ident: str) -> tuple[str, Any]:
+    for prefix, kind, table in (("ev-", "evaluation", Evaluation), ("dep-", "deployment", Deployment)):
+        if ident.startswith(prefix) and ident[len(prefix):].isdigit():
+            row = s.get(table, int(ident[len(prefix):]))
+            if row is not None:
+                return kind, row
+    for kind, table in (("dataset", Dataset), ("adapter", Adapter), ("index", IndexVersion), ("run", Run)):
+        row = s.get(table, ident)
+        if row is not None:
+            return kind, row
+    raise TailorError(f"{ident!r} is not in the registry (see `tailor registry ls`)")
+
+
+def _chain_from_run(s: Session, run: Run) -> list[tuple[str, Any]]:
+    chain: list[tuple[str, Any]] = []
+    if run.dataset_id:
+        ds = s.get(Dataset, run.dataset_id)
+        if ds is not None:
+            chain.append(("dataset", ds))
+    chain.append(("run", run))
+    adapters = list(s.scalars(select(Adapter).where(Adapter.run_id == run.id)))
+    for a in adapters:
+        chain.append(("adapter", a))
+        for ev in s.scalars(select(Evaluation).where(Evaluation.adapter_id == a.id).order_by(Evaluation.id)):
+            chain.append(("evaluation", ev))
+        deps = s.scalars(select(Deployment).where((Deployment.adapter_id == a.id)
+                                                  | (Deployment.canary_adapter_id == a.id)).order_by(Deployment.id))
+        chain.extend(("deployment", d) for d in deps)
+    return chain
+
+
+def _lineage_item(kind: str, row: Any) -> dict[str, Any]:
+    d = _row_dict(row)
+    ident = _public_id(kind, d["id"])
+    if kind == "dataset":
+        summary = f"{d['path']}"
+    elif kind == "run":
+        summary = f"{d['method']} on {d['base_model']}, status {d['status']}, loss {d['metrics'].get('final_loss')}"
+    elif kind == "adapter":
+        summary = d["path"]
+    elif kind == "evaluation":
+        summary = f"gates {'passed' if d['passed'] else 'FAILED' if d['passed'] is False else 'none'}"
+    elif kind == "deployment":
+        what = (f"canary {d['canary_adapter_id']} {d['canary_percent']:g}%" if d["action"] == "canary"
+                else d["adapter_id"])
+        summary = f"{d['action']} {d['stage']}: {what}{' (forced)' if d['forced'] else ''}"
+    else:
+        summary = d.get("path", "")
+    return {"kind": kind, "id": ident, "created": d.get("created"), "summary": summary}

@@ -1,0 +1,1 @@
+"""OpenAI-compatible serving: many adapters on one base, dynamic batching, keys, RAG aliases, guardrails."""

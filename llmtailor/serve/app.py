@@ -1,0 +1,788 @@
+"""The OpenAI-compatible HTTP API over the engine, the registry (keys, deployments, logs) and RAG aliases.
+
+Requests are validated here and turned into token ids with `chat.prompt_ids`, the renderer training and
+evaluation use. Every failure answers in OpenAI's error shape (`{"error": {message, type, param, code}}`)
+with the status code the official SDK maps to the right exception class. A caller's tenant, groups and
+clearance come from its API key only; nothing in the request body can widen what it may see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import queue
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from llmtailor.chat import prompt_ids
+from llmtailor.errors import TailorError
+from llmtailor.serve.config import AliasConfig, GuardrailConfig
+from llmtailor.serve.engine import ContextLengthError, Engine, GenRequest
+from llmtailor.serve.guardrails import check_input, check_output, load_schema
+from llmtailor.serve.metrics import Metrics
+
+
+class APIError(Exception):
+    """An error the client caused (or a server fault), in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+# ---- request bodies ------------------------------------------------------------------------------
+class _Lenient(BaseModel):
+    # The SDK sends fields we ignore (presence_penalty, logit_bias, ...): accept them, as OpenAI does.
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class SamplingFields(_Lenient):
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    n: int = 1
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    user: str | None = None
+
+
+class ChatRequest(SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str]
+    echo: bool = False
+
+
+class EmbeddingRequest(_Lenient):
+    model: str
+    input: str | list[str]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(description="The `id` of a completion this key received.")
+    rating: Literal["up", "down"]
+    comment: str | None = Field(None, max_length=4000)
+
+
+def _parse(model: type[BaseModel], raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise APIError(400, "The request body must be a JSON object.")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        param = loc[0] if loc else None
+        if err["type"] == "missing":
+            msg = f"Missing required parameter: '{'.'.join(loc)}'."
+        else:
+            msg = f"Invalid value for '{'.'.join(loc)}': {err['msg']}."
+        raise APIError(400, msg, param=param, code="missing_required_parameter" if err["type"] == "missing"
+                       else "invalid_value") from None
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"We could not parse the JSON body of your request ({e}).", code="invalid_json") from None
+
+
+def _text(content: str | list[dict[str, Any]] | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        if part.get("type") != "text":
+            raise APIError(400, f"Unsupported content part type {part.get('type')!r}: this model reads text only.",
+                           param="messages")
+        parts.append(str(part.get("text", "")))
+    return "".join(parts)
+
+
+# ---- keys and limits -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Caller:
+    key_id: int | None
+    tenant: str
+    groups: tuple[str, ...]
+    level: int
+    models: tuple[str, ...]
+    rate_limit: int | None
+
+    def allows(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
+
+
+ANONYMOUS = Caller(None, "", (), 0, ("*",), None)
+
+
+class RateLimiter:
+    """Token bucket per key: `limit` requests per minute, bursts up to `limit`."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[Any, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, key: Any, limit: int) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(limit), now))
+            tokens = min(float(limit), tokens + (now - last) * limit / 60.0)
+            ok = tokens >= 1.0
+            self._buckets[key] = (tokens - 1.0 if ok else tokens, now)
+            return ok
+
+
+@dataclass
+class Target:
+    """What a request's `model` resolved to."""
+
+    name: str  # as the client asked
+    adapter: str | None  # engine adapter name (registry id or folder-derived), None = base
+    alias: AliasConfig | None = None
+
+
+class RequestLogger:
+    """Writes request log rows on a background thread so no request waits for the database."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+        self.q: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.errors = 0
+        self.thread = threading.Thread(target=self._run, name="llmtailor-request-log", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            row = self.q.get()
+            try:
+                if row is None:
+                    return
+                self.registry.log_request(**row)
+            except Exception:  # a logging failure must not take the server down; it is counted
+                self.errors += 1
+            finally:
+                self.q.task_done()
+
+    def put(self, row: dict[str, Any]) -> None:
+        self.q.put(row)
+
+    def flush(self) -> None:
+        self.q.join()
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join(timeout=5)
+
+
+class Server:
+    """State shared by the routes: config, engine, registry, deployments, RAG retrievers, embedder."""
+
+    def __init__(self, cfg: Any, engine: Engine, registry: Any, *, metrics: Metrics, embedder: Any = None):
+        self.cfg = cfg
+        self.serve = cfg.serve
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.registry = registry
+        self.metrics = metrics
+        self._embedder = embedder
+        self.limiter = RateLimiter()
+        self.base_name = self.serve.base_name or _short_name(cfg.model.base_model)
+        self.deployments: dict[str, Any] = {}
+        self.deployments_loaded = False
+        self._retrievers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.logger = RequestLogger(registry) if registry is not None and self.serve.log_requests else None
+        self.schemas = {name: load_schema(_abs(a.guardrails.json_schema, cfg.base_dir))
+                        for name, a in self.serve.aliases.items() if a.guardrails.json_schema}
+
+    # ---- auth ------------------------------------------------------------------------------------
+    def authenticate(self, request: Request) -> Caller:
+        if not self.serve.require_api_key:
+            return ANONYMOUS
+        header = request.headers.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' "
+                                "(create one with `tailor keys create`).", code="invalid_api_key")
+        if self.registry is None:
+            raise APIError(503, "API keys are required but no registry is configured.", type="server_error")
+        try:
+            info = self.registry.find_key(secret.strip())
+        except TailorError as e:
+            raise APIError(503, f"Key store unavailable: {e}", type="server_error", code="registry_unavailable") from e
+        if info is None:
+            raise APIError(401, "Incorrect or revoked API key provided.", code="invalid_api_key")
+        caller = Caller(info.id, info.tenant, info.groups, info.level, info.models, info.rate_limit)
+        limit = caller.rate_limit or self.serve.rate_limit_per_minute
+        if not self.limiter.allow(caller.key_id, limit):
+            self.metrics.rate_limited.inc()
+            raise APIError(429, f"Rate limit reached for this key: {limit} requests per minute.",
+                           type="requests", code="rate_limit_exceeded")
+        return caller
+
+    # ---- model resolution ------------------------------------------------------------------------
+    def visible_models(self, caller: Caller) -> list[str]:
+        names = [self.base_name, *self.serve.aliases]
+        if self.deployments.get("production"):
+            names.append(self.cfg.project)
+        if self.deployments.get("staging"):
+            names.append(f"{self.cfg.project}:staging")
+        if self.registry is not None:
+            with contextlib.suppress(TailorError):
+                names.extend(a["id"] for a in self.registry.adapters())
+        out = []
+        for n in dict.fromkeys(names):
+            alias = self.serve.aliases.get(n)
+            if alias is not None and alias.tenants and caller.tenant not in alias.tenants:
+                continue
+            if caller.allows(n):
+                out.append(n)
+        return out
+
+    def resolve(self, model: str, caller: Caller, sticky: str) -> Target:
+        not_found = APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
+                             param="model", code="model_not_found")
+        if not caller.allows(model):
+            raise not_found
+        alias = self.serve.aliases.get(model)
+        if alias is not None:
+            if alias.tenants and caller.tenant not in alias.tenants:
+                raise not_found
+            spec = alias.adapter
+        elif model == self.base_name:
+            spec = None
+        elif model == self.cfg.project:
+            spec = "@production"
+        elif model == f"{self.cfg.project}:staging":
+            spec = "@staging"
+        else:
+            spec = model
+        return Target(model, self._adapter(spec, model, sticky, from_alias=alias is not None), alias)
+
+    def _adapter(self, spec: str | None, model: str, sticky: str, *, from_alias: bool) -> str | None:
+        if spec is None:
+            return None
+        if spec.startswith("@"):
+            stage = spec[1:]
+            if not self.deployments_loaded:
+                self.refresh_deployments()
+            dep = self.deployments.get(stage)
+            if dep is None:
+                raise APIError(503, f"'{model}' follows the {stage} deployment, but nothing is deployed to {stage}.",
+                               type="server_error", code="no_deployment")
+            aid, path = dep.adapter_id, dep.adapter_path
+            if dep.canary_adapter_id and dep.canary_percent > 0:
+                bucket = int(hashlib.sha256(f"{sticky}|dep-{dep.id}".encode()).hexdigest()[:8], 16) % 10000
+                if bucket < dep.canary_percent * 100:
+                    aid, path = dep.canary_adapter_id, dep.canary_path
+            return self._register(aid, Path(path))
+        if self.engine.has_adapter(spec):
+            return spec
+        found = None
+        if self.registry is not None:
+            try:
+                found = self.registry.adapter(spec)
+            except TailorError as e:
+                raise APIError(503, f"Registry unavailable: {e}", type="server_error") from e
+        if found is not None:
+            return self._register(found["id"], Path(found["path"]))
+        run_adapter = self.cfg.runs_dir / spec / "adapter"
+        if (run_adapter / "adapter_config.json").exists():
+            return self._register(f"ad-{spec}", run_adapter)
+        folder = _abs(Path(spec), self.cfg.base_dir) if from_alias else None
+        if folder is not None and (folder / "adapter_config.json").exists():
+            return self._register(str(folder), folder)
+        raise APIError(404, f"The model '{model}' does not exist or you do not have access to it.", param="model",
+                       code="model_not_found")
+
+    def _register(self, name: str, path: Path) -> str:
+        if not self.engine.has_adapter(name):
+            if (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+                raise APIError(400, f"'{name}' is a fully fine-tuned model, which cannot share the base; serve it "
+                                    "on its own with model.base_model set to its folder.", param="model")
+            try:
+                self.engine.add_adapter(name, path)
+            except TailorError as e:
+                raise APIError(500, str(e), type="server_error") from e
+        return name
+
+    def refresh_deployments(self) -> None:
+        if self.registry is None:
+            self.deployments_loaded = True
+            return
+        fresh = {stage: self.registry.current(stage) for stage in ("staging", "production")}
+        self.deployments = fresh
+        self.deployments_loaded = True
+
+    # ---- RAG -------------------------------------------------------------------------------------
+    def retriever(self, alias_name: str, alias: AliasConfig) -> Any:
+        with self._lock:
+            if alias_name not in self._retrievers:
+                from llmtailor.rag.config import RagConfig
+                from llmtailor.rag.search import Retriever
+
+                rag = self.cfg.rag or RagConfig()
+                assert alias.index is not None
+                self._retrievers[alias_name] = Retriever.open(_abs(alias.index, self.cfg.base_dir), rag,
+                                                              base_dir=self.cfg.base_dir)
+            return self._retrievers[alias_name]
+
+    def rag_answer(self, target: Target, question: str, caller: Caller, max_tokens: int) -> Any:
+        from llmtailor.rag.acl import Caller as RagCaller
+        from llmtailor.rag.answer import RagAssistant
+        from llmtailor.rag.config import RagConfig
+
+        assert target.alias is not None
+        engine, adapter, label = self.engine, target.adapter, target.name
+        answer_cfg = (self.cfg.rag or RagConfig()).answer.model_copy(update={"max_new_tokens": max_tokens})
+
+        class ServedAssistant(RagAssistant):
+            """RagAssistant generating through the shared engine (batched with everything else)."""
+
+            def _generate(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
+                ids = prompt_ids(engine.tokenizer, messages)
+                text, _ = engine.complete(GenRequest(ids, max_new_tokens, adapter=adapter, label=label))
+                return text.strip()
+
+        assistant = ServedAssistant(self.retriever(target.name, target.alias), answer_cfg, model=engine.model,
+                                    tokenizer=engine.tokenizer)
+        who = RagCaller(tenant=caller.tenant, groups=caller.groups, level=caller.level)
+        return assistant.ask(question, caller=who, top_k=target.alias.top_k)
+
+    # ---- embeddings ------------------------------------------------------------------------------
+    def embedder(self) -> Any:
+        with self._lock:
+            if self._embedder is None:
+                from llmtailor.rag.embed import load_embedder
+
+                emb_cfg = self.cfg.rag.embedding if self.cfg.rag is not None else None
+                self._embedder = load_embedder(emb_cfg, self.cfg.base_dir)
+            return self._embedder
+
+    def embedding_name(self) -> str:
+        if self._embedder is not None:
+            return self._embedder.name
+        from llmtailor.rag.config import PACKAGED_EMBEDDER
+
+        return self.cfg.rag.embedding.model if self.cfg.rag is not None else PACKAGED_EMBEDDER
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+        for r in self._retrievers.values():
+            with contextlib.suppress(Exception):
+                r.close()
+
+
+def _short_name(base_model: str) -> str:
+    p = Path(base_model)
+    return p.name if ("/" in base_model or "\\" in base_model) else base_model
+
+
+def _abs(path: Path | None, base: Path) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+# ---- the app -------------------------------------------------------------------------------------
+def create_app(cfg: Any, *, engine: Engine | None = None, registry: Any = None, embedder: Any = None,
+               metrics: Metrics | None = None) -> FastAPI:
+    """The FastAPI app. Without `engine`, the configured base model is loaded (the CLI path)."""
+    metrics = metrics or Metrics()
+    if engine is None:
+        from llmtailor.models import load_model
+
+        model, tok = load_model(cfg.model)
+        s = cfg.serve
+        engine = Engine(model, tok, max_batch_size=s.max_batch_size, batch_wait_ms=s.batch_wait_ms,
+                        max_model_len=s.max_model_len, max_loaded_adapters=s.max_loaded_adapters, stats=metrics)
+    else:
+        engine.stats = metrics
+    server = Server(cfg, engine, registry, metrics=metrics, embedder=embedder)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        poll = asyncio.create_task(_poll_deployments(server))
+        try:
+            yield
+        finally:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            engine.stop()
+            server.close()
+
+    app = FastAPI(title="llmtailor", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        metrics.observe_request(getattr(request.state, "model", ""), request.url.path, exc.status)
+        return exc.response()
+
+    @app.exception_handler(404)
+    async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+        return APIError(404, f"Unknown route {request.method} {request.url.path}.", code="unknown_url").response()
+
+    @app.exception_handler(405)
+    async def _bad_method(request: Request, exc: Exception) -> JSONResponse:
+        return APIError(405, f"Method {request.method} not allowed on {request.url.path}.").response()
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        return APIError(500, f"Internal error: {type(exc).__name__}: {exc}", type="server_error").response()
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": server.base_name, "loaded_adapters": engine.loaded_adapters,
+                "deployments": {k: (v.adapter_id if v else None) for k, v in server.deployments.items()}}
+
+    @app.get("/metrics")
+    async def metrics_route(request: Request) -> Response:
+        server.authenticate(request)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        caller = server.authenticate(request)
+        names = await asyncio.to_thread(server.visible_models, caller)
+        emb = server.embedding_name()
+        if caller.allows(emb):
+            names.append(emb)
+        now = int(time.time())
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": now, "owned_by": "llmtailor"}
+                                           for n in names]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _generate_route(server, request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _generate_route(server, request, chat=False)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        t0 = time.perf_counter()
+        caller = server.authenticate(request)
+        body = _parse(EmbeddingRequest, await _body(request))
+        request.state.model = body.model
+        name = server.embedding_name()
+        if body.model != name or not caller.allows(body.model):
+            raise APIError(404, f"The model '{body.model}' does not exist or you do not have access to it "
+                                f"(the embedding model here is '{name}').", param="model", code="model_not_found")
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not texts or any(not isinstance(t, str) or not t for t in texts):
+            raise APIError(400, "'input' must be a non-empty string or a list of non-empty strings.", param="input")
+        if len(texts) > 2048:
+            raise APIError(400, "At most 2048 inputs per request.", param="input")
+        emb = await asyncio.to_thread(server.embedder)
+        vectors = await asyncio.to_thread(emb.embed, texts)
+        counts = emb.count_tokens(texts)
+        data = []
+        for i, v in enumerate(vectors):
+            vec = v.astype("<f4")
+            value: Any = base64.b64encode(vec.tobytes()).decode() if body.encoding_format == "base64" else vec.tolist()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        metrics.observe_request(body.model, "/v1/embeddings", 200, time.perf_counter() - t0)
+        return JSONResponse({"object": "list", "data": data, "model": name,
+                             "usage": {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}})
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> dict[str, Any]:
+        caller = server.authenticate(request)
+        body = _parse(FeedbackRequest, await _body(request))
+        if server.registry is None or server.logger is None:
+            raise APIError(503, "Feedback needs the registry and request logging (serve.log_requests).",
+                           type="server_error")
+        await asyncio.to_thread(server.logger.flush)
+        rows = await asyncio.to_thread(_request_row, server.registry, body.id)
+        if rows is None or (server.serve.require_api_key and rows.get("key_id") != caller.key_id):
+            raise APIError(404, f"No completion '{body.id}' was served to this key.", param="id")
+        fid = await asyncio.to_thread(server.registry.add_feedback, body.id, body.rating, body.comment, caller.key_id)
+        return {"object": "feedback", "id": f"fb-{fid}", "request_id": body.id, "rating": body.rating}
+
+    return app
+
+
+def _request_row(registry: Any, request_id: str) -> dict[str, Any] | None:
+    with registry.session() as s:
+        from llmtailor.registry.db import RequestLog
+
+        row = s.get(RequestLog, request_id)
+        return {"key_id": row.key_id} if row else None
+
+
+async def _poll_deployments(server: Server) -> None:
+    """Follow promote / canary / rollback without a restart: re-read the deployment table periodically."""
+    while True:
+        with contextlib.suppress(Exception):  # a registry hiccup keeps the last known deployments
+            await asyncio.to_thread(server.refresh_deployments)
+        await asyncio.sleep(server.serve.deployment_poll_s)
+
+
+# ---- generation routes ---------------------------------------------------------------------------
+async def _generate_route(server: Server, request: Request, *, chat: bool) -> Response:
+    t0 = time.perf_counter()
+    caller = server.authenticate(request)
+    raw = await _body(request)
+    body = _parse(ChatRequest if chat else CompletionRequest, raw)
+    request.state.model = body.model
+    serve = server.serve
+    max_tokens = body.max_completion_tokens if chat and body.max_completion_tokens is not None else body.max_tokens
+    if max_tokens is None:
+        max_tokens = serve.max_tokens_default
+    param = "max_completion_tokens" if chat and body.max_completion_tokens is not None else "max_tokens"
+    if max_tokens < 1 or max_tokens > serve.max_tokens_limit:
+        raise APIError(400, f"Invalid '{param}': {max_tokens}. It must be between 1 and {serve.max_tokens_limit}.",
+                       param=param, code="invalid_value")
+    if body.n != 1:
+        raise APIError(400, "Only n=1 is supported.", param="n", code="invalid_value")
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stops) > 4:
+        raise APIError(400, "At most 4 stop sequences.", param="stop")
+    sticky = str(caller.key_id) if caller.key_id is not None else (body.user or request.client.host or "")
+    target = await asyncio.to_thread(server.resolve, body.model, caller, sticky)
+    alias = target.alias
+    guard = alias.guardrails if alias is not None else GuardrailConfig()
+    temperature = body.temperature if body.temperature is not None else serve.default_temperature
+    top_p = body.top_p if body.top_p is not None else 1.0
+    rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+    hits: list[dict[str, Any]] = []
+
+    # Input: the user's texts, guarded; the alias system prompt is the operator's and passes as is.
+    if chat:
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
+                    for m in body.messages]
+        if any(m["role"] == "tool" for m in messages):
+            raise APIError(400, "Tool messages are not supported by this server.", param="messages")
+        user_idx = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        texts = [messages[i]["content"] for i in user_idx]
+    else:
+        if isinstance(body.prompt, list) and len(body.prompt) != 1:
+            raise APIError(400, "Send one prompt per request (batch by sending requests concurrently).",
+                           param="prompt")
+        texts = [body.prompt if isinstance(body.prompt, str) else body.prompt[0]]
+    verdict = await asyncio.to_thread(check_input, texts, guard, server.cfg.data.pii) if _any_input(guard) else None
+    if verdict is not None:
+        hits.extend(verdict.hits)
+        for h in verdict.hits:
+            server.metrics.hit(body.model, h["check"], h["action"])
+        if verdict.blocked:
+            _log(server, rid, caller, target, 400, t0, 0, 0, hits, texts, None)
+            raise APIError(400, f"Request blocked by guardrails: {verdict.blocked}.", code="content_policy_violation",
+                           param="messages" if chat else "prompt")
+        texts = verdict.texts
+    if chat:
+        for i, t in zip(user_idx, texts, strict=True):
+            messages[i]["content"] = t
+        if alias is not None and alias.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": alias.system_prompt})
+        if not any(m["role"] == "user" for m in messages):
+            raise APIError(400, "'messages' must contain at least one user message.", param="messages")
+
+    if alias is not None and alias.index is not None:
+        if not chat:
+            raise APIError(400, f"'{body.model}' answers from documents: use /v1/chat/completions.", param="model")
+        question = [m for m in messages if m["role"] == "user"][-1]["content"]
+        try:
+            answer = await asyncio.to_thread(server.rag_answer, target, question, caller, max_tokens)
+        except TailorError as e:
+            raise APIError(500, f"Retrieval failed: {e}", type="server_error") from e
+        extra = {"citations": [c.__dict__ for c in answer.citations], "passages": [c.__dict__ for c in answer.passages],
+                 "known": answer.known}
+        text = answer.answer
+        usage = (len(prompt_ids(server.tokenizer, messages)), len(server.tokenizer(text)["input_ids"]))
+        return await _finish_whole(server, request, body, rid, chat, caller, target, text, "stop", usage, hits, t0,
+                                   texts, extra)
+
+    if chat:
+        ids = prompt_ids(server.tokenizer, messages)
+    else:
+        ids = server.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise APIError(400, "The prompt is empty.", param="prompt")
+    try:
+        server.engine.check_length(len(ids), max_tokens)
+    except ContextLengthError as e:
+        raise APIError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
+    req = GenRequest(ids, max_tokens, adapter=target.adapter, temperature=temperature, top_p=top_p, stop=stops,
+                     label=body.model)
+    output_checks = guard.output_pii != "off" or guard.output_json != "off"
+    if body.stream and not output_checks:
+        return StreamingResponse(_stream(server, body, rid, chat, caller, target, req, hits, t0, texts),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    # Whole answer (also for streams whose output must be checked before anyone sees it).
+    parts = []
+    final = None
+    async for ev in server.engine.stream(req):
+        if ev.kind == "delta":
+            parts.append(ev.text)
+        elif ev.kind == "error":
+            raise APIError(500, f"Generation failed: {ev.error}", type="server_error")
+        else:
+            final = ev
+    assert final is not None
+    text = "".join(parts)
+    if output_checks:
+        ov = await asyncio.to_thread(check_output, text, guard, server.cfg.data.pii,
+                                     server.schemas.get(target.name))
+        hits.extend(ov.hits)
+        for h in ov.hits:
+            server.metrics.hit(body.model, h["check"], h["action"])
+        if ov.blocked:
+            _log(server, rid, caller, target, 400, t0, final.prompt_tokens, final.completion_tokens, hits, texts, text)
+            raise APIError(400, f"Answer withheld by guardrails: {ov.blocked}.", code="content_policy_violation")
+        text = ov.texts[0]
+    return await _finish_whole(server, request, body, rid, chat, caller, target, text, final.finish_reason or "stop",
+                               (final.prompt_tokens, final.completion_tokens), hits, t0, texts, {})
+
+
+def _any_input(g: GuardrailConfig) -> bool:
+    return g.injection != "off" or bool(g.deny_topics) or g.input_pii != "off"
+
+
+async def _finish_whole(server: Server, request: Request, body: Any, rid: str, chat: bool, caller: Caller,
+                        target: Target, text: str, finish: str, usage: tuple[int, int], hits: list[dict[str, Any]],
+                        t0: float, texts: list[str], extra: dict[str, Any]) -> Response:
+    created = int(time.time())
+    usage_d = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": usage[0] + usage[1]}
+    _log(server, rid, caller, target, 200, t0, usage[0], usage[1], hits, texts, text)
+    server.metrics.observe_request(body.model, request.url.path, 200, time.perf_counter() - t0)
+    if hits:
+        extra = {**extra, "guardrails": hits}
+    if body.stream:  # a stream whose answer had to be complete first (RAG, output checks): one content chunk
+        async def one() -> AsyncIterator[str]:
+            if chat:
+                yield _sse(_chunk(rid, created, body.model, {"role": "assistant", "content": ""}, None))
+                yield _sse(_chunk(rid, created, body.model, {"content": text}, None))
+                yield _sse({**_chunk(rid, created, body.model, {}, finish), **extra})
+            else:
+                yield _sse(_text_chunk(rid, created, body.model, text, None))
+                yield _sse({**_text_chunk(rid, created, body.model, "", finish), **extra})
+            if (body.stream_options or {}).get("include_usage"):
+                yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                            "created": created, "model": body.model, "choices": [], "usage": usage_d})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(one(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    if chat:
+        out = {"id": rid, "object": "chat.completion", "created": created, "model": body.model,
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                            "logprobs": None}],
+               "usage": usage_d}
+    else:
+        out = {"id": rid, "object": "text_completion", "created": created, "model": body.model,
+               "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}], "usage": usage_d}
+    return JSONResponse({**out, **extra})
+
+
+def _chunk(rid: str, created: int, model: str, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+
+
+def _text_chunk(rid: str, created: int, model: str, text: str, finish: str | None) -> dict[str, Any]:
+    return {"id": rid, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]}
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
+
+
+async def _stream(server: Server, body: Any, rid: str, chat: bool, caller: Caller, target: Target, req: GenRequest,
+                  hits: list[dict[str, Any]], t0: float, texts: list[str]) -> AsyncIterator[str]:
+    """SSE chunks as tokens arrive. If the client disconnects, Starlette cancels this generator and
+    `Engine.stream`'s cleanup cancels the request, so the batch stops decoding it at the next step."""
+    created = int(time.time())
+    parts: list[str] = []
+    status = 200
+    final = None
+    if chat:
+        yield _sse(_chunk(rid, created, body.model, {"role": "assistant", "content": ""}, None))
+    try:
+        async for ev in server.engine.stream(req):
+            if ev.kind == "delta":
+                parts.append(ev.text)
+                yield _sse(_chunk(rid, created, body.model, {"content": ev.text}, None) if chat
+                           else _text_chunk(rid, created, body.model, ev.text, None))
+            elif ev.kind == "error":
+                status = 500
+                yield _sse(APIError(500, f"Generation failed: {ev.error}", type="server_error").body())
+                break
+            else:
+                final = ev
+                last = (_chunk(rid, created, body.model, {}, ev.finish_reason) if chat
+                        else _text_chunk(rid, created, body.model, "", ev.finish_reason))
+                if hits:
+                    last["guardrails"] = hits
+                yield _sse(last)
+                if (body.stream_options or {}).get("include_usage"):
+                    yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                                "created": created, "model": body.model, "choices": [],
+                                "usage": {"prompt_tokens": ev.prompt_tokens, "completion_tokens": ev.completion_tokens,
+                                          "total_tokens": ev.prompt_tokens + ev.completion_tokens}})
+        yield "data: [DONE]\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        status = 499  # client closed the connection
+        raise
+    finally:
+        completion = final.completion_tokens if final else len(req.ids)
+        _log(server, rid, caller, target, status, t0, len(req.prompt_ids), completion, hits, texts, "".join(parts))
+        server.metrics.observe_request(body.model, "/v1/chat/completions" if chat else "/v1/completions", status,
+                                       time.perf_counter() - t0 if status == 200 else None)
+
+
+def _log(server: Server, rid: str, caller: Caller, target: Target, status: int, t0: float, prompt_tokens: int,
+         completion_tokens: int, hits: list[dict[str, Any]], texts: list[str], answer: str | None) -> None:
+    if server.logger is None:
+        return
+    keep = server.serve.log_content
+    server.logger.put({
+        "id": rid, "key_id": caller.key_id, "tenant": caller.tenant, "model": target.name,
+        "adapter_id": target.adapter, "status": status, "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
+        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "guardrails": hits,
+        "prompt": "\n".join(texts) if keep else None, "answer": answer if keep else None,
+    })

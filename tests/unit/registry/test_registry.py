@@ -1,0 +1,174 @@
+"""The registry on a real SQLite file: lineage, gated promotion, canary, rollback, keys, and failures that name
+their cause (locked, corrupt) without failing the pipeline stage that calls the hooks."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from llmtailor.config import TailorConfig
+from llmtailor.data.versions import DatasetVersion
+from llmtailor.errors import TailorError
+from llmtailor.registry import hooks
+from llmtailor.registry.db import Registry, hash_key, parse_gates
+from llmtailor.runs import update_run
+
+
+def fake_run(runs, run_id: str, gates: bool | None, dataset: str = "abc123"):
+    """A run folder with an adapter folder (contents irrelevant to the registry) and optional gate results."""
+    d = runs / run_id
+    (d / "adapter").mkdir(parents=True)
+    (d / "adapter" / "adapter_config.json").write_text("{}")
+    (d / "config.yaml").write_text("train: {method: lora}\n")
+    update_run(d, run_id=run_id, status="completed", method="lora", base_model="smollm2-135m-instruct",
+               dataset_hash=dataset, dataset_dir=str(runs.parent / "datasets" / dataset),
+               adapter_dir=str(d / "adapter"), final_loss=0.42, code_version={"llmtailor": "0.1.0"})
+    if gates is not None:
+        (d / "eval").mkdir()
+        (d / "eval" / "results.json").write_text(json.dumps({"variants": {"tuned": {"json_parse_rate": 0.9}},
+                                                             "gates": {"passed": gates, "results": []}}))
+    return d
+
+
+@pytest.fixture()
+def cfg(tmp_path):
+    raw = {"project": "acme", "runs_dir": str(tmp_path / "runs"),
+           "registry": {"url": f"sqlite:///{tmp_path / 'reg.db'}"}}
+    return TailorConfig.model_validate(raw)
+
+
+def test_hooks_record_lineage_from_dataset_to_deployment(cfg, tmp_path):
+    version = DatasetVersion("abc123", tmp_path / "datasets" / "abc123", {"train_rows": 10, "eval_rows": 2}, False)
+    assert hooks.record_dataset(cfg, version) == "ds-abc123"
+    run = fake_run(cfg.runs_dir, "r1", gates=True)
+    assert hooks.record_training(cfg, run) == {"run": "r1", "adapter": "ad-r1", "evaluation": "ev-1"}
+    reg = Registry.for_config(cfg)
+    reg.promote("r1", "staging")
+    reg.promote("ad-r1", "production", note="weekly release")
+    chain = reg.lineage("ds-abc123")
+    assert [c["kind"] for c in chain] == ["dataset", "run", "adapter", "evaluation", "deployment", "deployment"]
+    assert [c["kind"] for c in reg.lineage("dep-2")] == [c["kind"] for c in chain]
+    assert reg.show("r1")["config"].startswith("train:")
+    assert reg.show("ds-abc123")["rows"] == {"train_rows": 10, "eval_rows": 2}
+    assert reg.show("ev-1")["passed"] is True
+    with pytest.raises(TailorError, match="not in the registry"):
+        reg.show("nope")
+
+
+def test_promotion_is_gated_forced_promotions_are_recorded(cfg):
+    reg = Registry.for_config(cfg)
+    for name, gates in (("good", True), ("bad", False), ("unevaluated", None)):
+        hooks.sync_run(reg, fake_run(cfg.runs_dir, name, gates))
+    with pytest.raises(TailorError, match="failed its evaluation gates"):
+        reg.promote("bad", "production")
+    with pytest.raises(TailorError, match="failed its evaluation gates"):
+        reg.promote("bad", "staging")
+    with pytest.raises(TailorError, match="no evaluation recorded"):
+        reg.promote("unevaluated", "production")
+    assert reg.promote("unevaluated", "staging")["warning"] is None
+    with pytest.raises(TailorError, match="not registered"):
+        reg.promote("missing-run", "production")
+    row = reg.promote("bad", "production", force=True)
+    assert row["forced"] is True and "gates" in row["warning"]
+    assert reg.show(row["id"])["forced"] is True
+    assert reg.current("production").adapter_id == "ad-bad"
+
+
+def test_canary_and_repeated_rollback(cfg):
+    reg = Registry.for_config(cfg)
+    for name in ("v1", "v2", "v3"):
+        hooks.sync_run(reg, fake_run(cfg.runs_dir, name, True))
+    with pytest.raises(TailorError, match="no production deployment"):
+        reg.promote("v2", "production", canary=5)
+    with pytest.raises(TailorError, match="nothing deployed"):
+        reg.rollback("production")
+    reg.promote("v1", "production")
+    with pytest.raises(TailorError, match="no previous"):
+        reg.rollback("production")
+    reg.promote("v2", "production")
+    reg.promote("v3", "production", canary=5)
+    cur = reg.current("production")
+    assert (cur.adapter_id, cur.canary_adapter_id, cur.canary_percent) == ("ad-v2", "ad-v3", 5.0)
+    with pytest.raises(TailorError, match="between 0 and 100"):
+        reg.promote("v3", "production", canary=150)
+    assert reg.rollback("production")["adapter_id"] == "ad-v2"
+    assert reg.current("production").canary_adapter_id is None
+    assert reg.rollback("production")["adapter_id"] == "ad-v1"
+    with pytest.raises(TailorError, match="no previous"):
+        reg.rollback("production")
+
+
+def test_keys_are_stored_hashed_and_revocable(cfg, tmp_path):
+    reg = Registry.for_config(cfg)
+    kid, secret = reg.create_key("acme", ["hr"], ["support-bot"], level=1, rate_limit=5)
+    raw = sqlite3.connect(tmp_path / "reg.db").execute("SELECT key_hash, prefix FROM api_keys").fetchall()
+    assert raw == [(hash_key(secret), secret[:10])]
+    assert secret not in (tmp_path / "reg.db").read_bytes().decode("latin-1")
+    info = reg.find_key(secret)
+    assert (info.tenant, info.groups, info.models, info.level, info.rate_limit) == ("acme", ("hr",),
+                                                                                    ("support-bot",), 1, 5)
+    assert info.allows("support-bot") and not info.allows("other")
+    assert reg.find_key(secret + "x") is None
+    reg.revoke_key(f"key-{kid}")
+    assert reg.find_key(secret) is None
+    with pytest.raises(TailorError, match="a key needs a tenant"):
+        reg.create_key(" ", [], ["*"])
+
+
+def test_corrupt_and_locked_registry_fail_clearly_but_hooks_only_warn(cfg, tmp_path, capsys):
+    db = tmp_path / "reg.db"
+    db.write_bytes(b"this is not a sqlite database at all" * 100)
+    with pytest.raises(TailorError, match="corrupt"):
+        Registry.for_config(cfg)
+    run = fake_run(cfg.runs_dir, "r1", True)
+    assert hooks.record_training(cfg, run) is None  # the stage goes on
+    assert "could not record run r1" in capsys.readouterr().err
+    db.unlink()
+    reg = Registry(f"sqlite:///{db}", timeout=0.2)
+    lock = sqlite3.connect(db)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(TailorError, match="locked"):
+            reg.create_key("acme", [], ["*"])
+    finally:
+        lock.rollback()
+        lock.close()
+    assert reg.create_key("acme", [], ["*"])[0] == 1
+
+
+def test_gate_formats():
+    assert parse_gates({}) == (None, None)
+    assert parse_gates({"gates": {"passed": False, "results": []}})[1] is False
+    assert parse_gates({"gates": [{"passed": True}, {"passed": False}]})[1] is False
+    assert parse_gates({"gates": {"f1": {"passed": True}, "json": True}})[1] is True
+
+
+def test_cli_keys_promote_rollback_lineage(cfg, tmp_path):
+    from llmtailor.cli.main import app
+
+    cfg_file = tmp_path / "tailor.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    fake_run(cfg.runs_dir, "r1", True)
+    fake_run(cfg.runs_dir, "r2", False)
+    runner = CliRunner()
+    c = ["-c", str(cfg_file)]
+    r = runner.invoke(app, ["keys", "create", "--tenant", "acme", "--groups", "hr,eng", "--models", "*", *c])
+    assert r.exit_code == 0, r.output
+    secret = r.stdout.strip().splitlines()[-1]
+    assert secret.startswith("tlr-") and Registry.for_config(cfg).find_key(secret).groups == ("hr", "eng")
+    assert runner.invoke(app, ["promote", "r1", "--to", "production", *c]).exit_code == 0  # registers the run
+    bad = runner.invoke(app, ["promote", "r2", "--to", "production", *c])
+    assert bad.exit_code == 1 and isinstance(bad.exception, TailorError)
+    assert runner.invoke(app, ["promote", "r2", "--to", "production", "--force", *c]).exit_code == 0
+    r = runner.invoke(app, ["rollback", "--json", *c])
+    assert json.loads(r.stdout)["adapter_id"] == "ad-r1"
+    r = runner.invoke(app, ["registry", "lineage", "ad-r2", "--json", *c])
+    chain = json.loads(r.stdout)["lineage"]
+    assert [x["kind"] for x in chain] == ["dataset", "run", "adapter", "evaluation", "deployment"]
+    assert chain[3]["summary"] == "gates FAILED" and chain[4]["summary"].endswith("(forced)")
+    r = runner.invoke(app, ["keys", "revoke", "key-1", *c])
+    assert r.exit_code == 0 and Registry.for_config(cfg).find_key(secret) is None
+    assert runner.invoke(app, ["registry", "ls", *c]).exit_code == 0
