@@ -107,6 +107,16 @@ def render(q: dict, lat: dict) -> str:
             f"of {s['results_served']} |"
         )
     e = lat["embedding"]
+    exact = [s for s in lat["sizes"] if s["chunks"] >= 100_000 and s["vector_index"].startswith("exact")]
+    if exact:
+        p95 = exact[0]["llmtailor_hybrid_ms"]["p95"]
+        lines += [
+            "",
+            f"Target (issue): p95 under 100 ms at 100k chunks, aim 20 ms. This run: search p95 {p95:.1f} ms at 100k"
+            f" (**{'met' if p95 < 100 else 'not met'}**), p95 + embedding p95 = {p95 + e['p95_ms']:.1f} ms; see the"
+            " machine note above: the same code measured on an idle core will be lower, the ratio to the baseline"
+            " is the portable figure.",
+        ]
     lines += [
         "",
         f"Query embedding ({e['model']}, one thread, {e['queries']} Cranfield queries): p50 {e['p50_ms']:.1f} ms,"
@@ -114,7 +124,8 @@ def render(q: dict, lat: dict) -> str:
         " embedding p50.",
         "",
         "Ratio = llmtailor / baseline (below 1: llmtailor faster). Index build times (write + FTS/scalar indexes):"
-        + "".join(f" {s['chunks']:,} chunks {s['write_s']} s + {s['index_build_s']} s;" for s in lat["sizes"]),
+        + "".join(f" {s['chunks']:,} chunks ({s['vector_index']}) {s['write_s']} s + {s['index_build_s']} s;"
+                  for s in lat["sizes"]),
         "",
         "## Ingest",
         "",
@@ -131,12 +142,19 @@ def render(q: dict, lat: dict) -> str:
         f"| re-ingest, unchanged | {re_['seconds']} | - | {re_['chunks_written']} written, {re_['embedded']} embedded"
         f" | - | 0 | - |",
         "",
+        f"Cranfield corpus as records ({q['llmtailor']['documents']} documents -> {q['llmtailor']['chunks']} chunks,"
+        f" `tailor eval retrieval --beir` path): {q['llmtailor']['ingest']['seconds']:.0f} s, of which embedding"
+        f" {q['llmtailor']['ingest']['embed_seconds']:.0f} s"
+        f" ({q['llmtailor']['chunks'] / max(q['llmtailor']['ingest']['embed_seconds'], 1e-9):.1f} chunks/s embedded).",
+        "",
         f"Re-ingest of the unchanged Cranfield corpus ({q['reingest_unchanged_corpus']['files_unchanged']} records):"
         f" {q['reingest_unchanged_corpus']['seconds']} s, {q['reingest_unchanged_corpus']['embedded']} passages"
         " embedded.",
         "",
-        "Embedding dominates ingest on this shared 2-core CPU; the rest of the pipeline (parse, chunk, write,"
-        " index) runs at the 'without embedding' rate. A GPU (`rag.embedding.device: cuda`) removes most of it.",
+        "Embedding dominates ingest on this shared 2-core CPU (two training jobs were running on the same cores"
+        " during these runs; ../shared/STACK.md measured about 110 MiniLM passages/s on 2 idle cores); the rest of"
+        " the pipeline (parse, chunk, write, index) runs at the 'without embedding' rate. A GPU"
+        " (`rag.embedding.device: cuda`) removes most of the embedding time.",
         "",
     ]
     return "\n".join(lines)

@@ -69,20 +69,10 @@ def append_jsonl(path: str | Path, row: dict) -> None:
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; a bad line raises RowError naming it."""
-    path = Path(path)
-    if not path.exists():
-        raise TailorError(f"{path}: file not found")
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                raise RowError(path, lineno, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise RowError(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    for lineno, obj, problem in read_jsonl_lenient(path):
+        if problem is not None or obj is None:
+            raise RowError(Path(path), lineno, None, problem or "unreadable line")
+        yield lineno, obj
 
 
 def read_jsonl_lenient(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:

@@ -15,6 +15,7 @@ from llmtailor.cli import data as data_cmd
 from llmtailor.cli import eval as eval_cmd
 from llmtailor.cli import eval_retrieval as eval_retrieval_cmd
 from llmtailor.cli import keys as keys_cmd
+from llmtailor.cli import monitor as monitor_cmd
 from llmtailor.cli import project as project_cmd
 from llmtailor.cli import promote as promote_cmd
 from llmtailor.cli import rag as rag_cmd
@@ -47,6 +48,9 @@ app.add_typer(keys_cmd.app, name="keys", help="Create, list and revoke API keys 
 app.add_typer(registry_cmd.app, name="registry", help="Datasets, runs, adapters, evaluations, deployments, lineage.")
 app.command("promote", help="Deploy an adapter to staging/production (or as a canary).")(promote_cmd.promote)
 app.command("rollback", help="Return a stage to its previous deployment.")(promote_cmd.rollback)
+app.command("monitor", help="Drift, feedback and guardrail rates of production; --export-dataset.")(
+    monitor_cmd.monitor
+)
 
 
 def _version(value: bool) -> None:

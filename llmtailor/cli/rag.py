@@ -130,6 +130,7 @@ def ingest(
 
 
 def _print_ingest(report: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title=f"Index {report.index_dir}", show_header=False)
@@ -146,7 +147,7 @@ def _print_ingest(report: Any) -> None:
         t.add_row(k, v)
     console.print(t)
     for s in report.skipped:
-        console.print(f"[yellow]skipped[/] {s.file}: {s.reason}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"[yellow]skipped[/] {escape(s.file)}: {escape(s.reason)}", highlight=False, soft_wrap=True)
 
 
 def _caller(tenant: str | None, groups: str | None, level: str | None):

@@ -64,6 +64,12 @@ class Caller:
     groups: tuple[str, ...] = field(default_factory=tuple)
     level: int = DEFAULT_LEVEL
 
+    def __post_init__(self) -> None:
+        # Accept what an API caller naturally passes ("internal", ["hr"], None) and store the canonical form.
+        object.__setattr__(self, "tenant", (self.tenant or "").strip())
+        object.__setattr__(self, "groups", parse_groups(self.groups))
+        object.__setattr__(self, "level", parse_level(self.level))
+
     @classmethod
     def of(cls, tenant: str | None = None, groups: str | list[str] | None = None, level: str | int | None = None):
         """Build from CLI/API values (None = no tenant, no groups, public)."""

@@ -26,12 +26,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmtailor.chat import prompt_ids
+from llmtailor.chat import prompt_ids, render_prompt
 from llmtailor.errors import TailorError
 from llmtailor.serve.config import AliasConfig, GuardrailConfig
 from llmtailor.serve.engine import ContextLengthError, Engine, GenRequest
 from llmtailor.serve.guardrails import check_input, check_output, load_schema
 from llmtailor.serve.metrics import Metrics
+from llmtailor.serve.structured import ResponseFormatError, parse_response_format, validate
 
 
 class APIError(Exception):
@@ -379,7 +380,9 @@ class Server:
 
             def _generate(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
                 ids = prompt_ids(engine.tokenizer, messages)
-                text, _ = engine.complete(GenRequest(ids, max_new_tokens, adapter=adapter, label=label))
+                req = GenRequest(ids, max_new_tokens, adapter=adapter, label=label,
+                                 prefix_len=chat_prefix_len(engine.tokenizer, messages, ids))
+                text, _ = engine.complete(req)
                 return text.strip()
 
         assistant = ServedAssistant(self.retriever(target.name, target.alias), answer_cfg, model=engine.model,
@@ -412,6 +415,35 @@ class Server:
                 r.close()
 
 
+_SENTINEL = "\x00llmtailor-prefix\x00"
+
+
+def chat_prefix_len(tokenizer: Any, messages: list[dict[str, str]], ids: list[int]) -> int:
+    """How many leading prompt ids are shared by every request with the same system messages.
+
+    That is the rendered text before the first user message's content (system prompt, template header, a
+    default system prompt the template adds); the prefix cache keys on exactly these ids.
+    """
+    lead = []
+    for m in messages:
+        if m["role"] == "user":
+            break
+        lead.append(m)
+    try:
+        text = render_prompt(tokenizer, [*lead, {"role": "user", "content": _SENTINEL}])
+    except Exception:  # a template that rejects this shape: no prefix caching for it
+        return 0
+    at = text.find(_SENTINEL)
+    if at <= 0:
+        return 0
+    head = tokenizer(text[:at], add_special_tokens=False)["input_ids"]
+    # The last token may merge with the user's text: keep only what the real prompt shares.
+    n = len(head)
+    while n and ids[:n] != head[:n]:
+        n -= 1
+    return n
+
+
 def _short_name(base_model: str) -> str:
     p = Path(base_model)
     return p.name if ("/" in base_model or "\\" in base_model) else base_model
@@ -435,7 +467,8 @@ def create_app(cfg: Any, *, engine: Engine | None = None, registry: Any = None, 
         model, tok = load_model(cfg.model)
         s = cfg.serve
         engine = Engine(model, tok, max_batch_size=s.max_batch_size, batch_wait_ms=s.batch_wait_ms,
-                        max_model_len=s.max_model_len, max_loaded_adapters=s.max_loaded_adapters, stats=metrics)
+                        max_model_len=s.max_model_len, max_loaded_adapters=s.max_loaded_adapters, stats=metrics,
+                        prefix_cache_size=s.prefix_cache_size, prefix_min_tokens=s.prefix_min_tokens)
     else:
         engine.stats = metrics
     server = Server(cfg, engine, registry, metrics=metrics, embedder=embedder)
@@ -582,6 +615,15 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > 4:
         raise APIError(400, "At most 4 stop sequences.", param="stop")
+    fmt = None
+    if chat and body.response_format is not None:
+        try:
+            fmt = parse_response_format(body.response_format)
+        except ResponseFormatError as e:
+            raise APIError(400, str(e), param="response_format", code="invalid_value") from None
+        if fmt is not None and stops:
+            raise APIError(400, "'stop' cannot be combined with a JSON response_format (it would cut the document).",
+                           param="stop")
     sticky = str(caller.key_id) if caller.key_id is not None else (body.user or request.client.host or "")
     target = await asyncio.to_thread(server.resolve, body.model, caller, sticky)
     alias = target.alias
@@ -625,6 +667,9 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
     if alias is not None and alias.index is not None:
         if not chat:
             raise APIError(400, f"'{body.model}' answers from documents: use /v1/chat/completions.", param="model")
+        if fmt is not None:
+            raise APIError(400, f"'{body.model}' answers from documents with citations; response_format is not "
+                                "supported for it.", param="response_format")
         question = [m for m in messages if m["role"] == "user"][-1]["content"]
         try:
             answer = await asyncio.to_thread(server.rag_answer, target, question, caller, max_tokens)
@@ -647,8 +692,17 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
         server.engine.check_length(len(ids), max_tokens)
     except ContextLengthError as e:
         raise APIError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
+    constraint = None
+    if fmt is not None:
+        try:
+            constraint = await asyncio.to_thread(lambda: server.engine.structured().constraint(fmt, max_tokens))
+        except ResponseFormatError as e:
+            raise APIError(400, str(e), param="response_format", code="invalid_value") from None
+        except TailorError as e:
+            raise APIError(501, str(e), type="server_error", param="response_format") from None
     req = GenRequest(ids, max_tokens, adapter=target.adapter, temperature=temperature, top_p=top_p, stop=stops,
-                     label=body.model)
+                     label=body.model, constraint=constraint,
+                     prefix_len=chat_prefix_len(server.tokenizer, messages, ids) if chat else 0)
     output_checks = guard.output_pii != "off" or guard.output_json != "off"
     if body.stream and not output_checks:
         return StreamingResponse(_stream(server, body, rid, chat, caller, target, req, hits, t0, texts),
@@ -665,6 +719,9 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
             final = ev
     assert final is not None
     text = "".join(parts)
+    if fmt is not None and validate(text, fmt) is not None and final.finish_reason == "stop":
+        # Cannot happen with the grammar applied (kept as a loud check rather than a silent bad answer).
+        raise APIError(500, f"Structured output failed: {validate(text, fmt)}", type="server_error")
     if output_checks:
         ov = await asyncio.to_thread(check_output, text, guard, server.cfg.data.pii,
                                      server.schemas.get(target.name))

@@ -54,6 +54,28 @@ class AliasConfig(BaseModel):
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
 
 
+class MonitorConfig(BaseModel):
+    """`tailor monitor`: when production traffic has moved far enough from the training data to retrain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_queries: int = Field(20, ge=1, description="Below this many logged queries, drift is not judged.")
+    max_centroid_distance: float = Field(
+        0.15, ge=0, le=2, description="Cosine distance between the mean query and mean training embeddings."
+    )
+    max_mmd: float = Field(0.1, ge=0, description="Maximum mean discrepancy (RBF kernel) between the two samples.")
+    max_topic_shift: float = Field(
+        0.3, ge=0, le=1, description="Total variation between the topic (cluster) mixes of queries and training."
+    )
+    novel_similarity: float = Field(
+        0.5, ge=-1, le=1, description="A query whose nearest training example is less similar than this is novel."
+    )
+    max_novel_share: float = Field(0.3, ge=0, le=1, description="Share of novel queries that calls for retraining.")
+    max_thumbs_down_rate: float = Field(0.3, ge=0, le=1, description="Share of rated answers rated down.")
+    max_guardrail_hit_rate: float = Field(0.1, ge=0, le=1, description="Share of requests with a guardrail hit.")
+    sample: int = Field(500, ge=10, description="At most this many queries and training rows are embedded.")
+
+
 class ServeConfig(BaseModel):
     """The OpenAI-compatible server."""
 
@@ -74,6 +96,10 @@ class ServeConfig(BaseModel):
         None, ge=16, description="Context length (prompt + answer); default: the model's max_position_embeddings."
     )
     max_loaded_adapters: int = Field(8, ge=1, description="Least recently used adapters are unloaded beyond this.")
+    prefix_cache_size: int = Field(
+        16, ge=0, description="Shared prompt prefixes (system prompt, template) whose KV cache is kept; 0 = off."
+    )
+    prefix_min_tokens: int = Field(8, ge=1, description="Shorter shared prefixes are not worth caching.")
     default_temperature: float = Field(
         0.0, ge=0.0, le=2.0, description="Used when a request gives no temperature; 0 = greedy (reproducible)."
     )
@@ -85,6 +111,7 @@ class ServeConfig(BaseModel):
         False, description="Also store prompts and answers in the request log (needed for `tailor monitor` drift)."
     )
     aliases: dict[str, AliasConfig] = Field(default_factory=dict, description="Model names applications use.")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:

@@ -6,12 +6,17 @@ one batched `model.generate` call. When the batch mixes adapters, PEFT's mixed-a
 (`adapter_names=`) runs them in the same forward passes; adapters load on first use with `load_adapter`
 and the least recently used are deleted, all without reloading the base. Tokens stream back to each
 request as they are produced, and a request whose client went away stops being decoded at the next step.
+
+Two optional per-request additions: a grammar `constraint` (structured output, see structured.py) masks that
+row's logits at every step, and a `prefix_len` hint marks the shared head of the prompt (system prompt, RAG
+template) whose KV cache is computed once per adapter and reused by later requests (prefix cache).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import queue
 import threading
 import time
@@ -49,6 +54,8 @@ class GenRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     label: str = ""  # model name as the client asked for it (metrics)
+    constraint: Any = None  # structured.Constraint: grammar the answer must follow
+    prefix_len: int = 0  # the first prefix_len prompt ids are a shared prefix worth caching
     emit: Callable[[Event], None] = lambda ev: None
     cancelled: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.perf_counter)
@@ -75,6 +82,7 @@ class EngineStats:
     def first_token(self, req: GenRequest, seconds: float) -> None: ...
     def finished(self, req: GenRequest, tokens: int, seconds: float) -> None: ...
     def adapter_loaded(self, name: str, seconds: float) -> None: ...
+    def prefix_lookup(self, hit: bool, tokens: int) -> None: ...
 
 
 class Engine:
@@ -82,7 +90,7 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 16, batch_wait_ms: float = 8.0,
                  max_model_len: int | None = None, max_loaded_adapters: int = 8, mixed_adapters: bool = True,
-                 stats: EngineStats | None = None):
+                 stats: EngineStats | None = None, prefix_cache_size: int = 16, prefix_min_tokens: int = 8):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -104,6 +112,24 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.batches_run = 0
         self.adapter_loads = 0
+        # Prefix cache: (adapter, prefix ids) -> KV cache of that prefix (one row), least recently used evicted.
+        self.prefix_cache_size = prefix_cache_size
+        self.prefix_min_tokens = prefix_min_tokens
+        self._prefixes: OrderedDict[tuple, Any] = OrderedDict()
+        self.prefix_hits = 0
+        self.prefix_misses = 0
+        self._structured: Any = None
+        self._structured_lock = threading.Lock()
+
+    def structured(self) -> Any:
+        """The grammar compiler for this tokenizer (built on first use: it indexes the vocabulary once)."""
+        with self._structured_lock:
+            if self._structured is None:
+                from llmtailor.serve.structured import StructuredOutput
+
+                vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
+                self._structured = StructuredOutput(self.tokenizer, vocab, self.eos_ids)
+            return self._structured
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -160,6 +186,8 @@ class Engine:
             while len(self._loaded) >= self.max_loaded_adapters:
                 old, _ = self._loaded.popitem(last=False)
                 self.model.delete_adapter(old)
+                for k in [k for k in self._prefixes if k[0] == old]:
+                    del self._prefixes[k]
                 self._dora.discard(old)
             self.model.load_adapter(path, adapter_name=name)
         self.model.eval()
@@ -251,6 +279,48 @@ class Engine:
             self.stats.queue_depth(len(rest))
             return batch
 
+    def _shared_prefix(self, batch: list[GenRequest]) -> list[int] | None:
+        """The prefix every request of a single-adapter batch declared and shares (None: no prefix caching)."""
+        if self.prefix_cache_size <= 0:
+            return None
+        first = batch[0]
+        # Keep at least one token outside the prefix: generate needs something to run on.
+        n = min(first.prefix_len, min(len(r.prompt_ids) for r in batch) - 1)
+        if n < self.prefix_min_tokens:
+            return None
+        head = first.prompt_ids[:n]
+        if any(r.prefix_len < n or r.prompt_ids[:n] != head for r in batch[1:]):
+            return None
+        return head
+
+    def _prefix_kv(self, adapter: str | None, prefix: list[int], rows: int) -> Any:
+        """A fresh copy of the prefix's KV cache for `rows` rows; computed (one forward pass) on a miss."""
+        import torch
+        from transformers import DynamicCache
+
+        key = (adapter, tuple(prefix))
+        cached = self._prefixes.get(key)
+        if cached is not None:
+            self._prefixes.move_to_end(key)
+            self.prefix_hits += 1
+            self.stats.prefix_lookup(True, len(prefix))
+        else:
+            self.prefix_misses += 1
+            self.stats.prefix_lookup(False, len(prefix))
+            cached = DynamicCache()
+            x = torch.tensor([prefix], dtype=torch.long, device=self.device)
+            self.model(input_ids=x, attention_mask=torch.ones_like(x), past_key_values=cached, use_cache=True)
+            self._prefixes[key] = cached
+            while len(self._prefixes) > self.prefix_cache_size:
+                self._prefixes.popitem(last=False)
+        kv = copy.deepcopy(cached)  # generate appends to the cache it is given
+        if rows > 1:
+            kv.batch_repeat_interleave(rows)
+        return kv
+
+    def clear_prefix_cache(self) -> None:
+        self._prefixes.clear()
+
     def _can_mix(self, a: str | None, b: str | None) -> bool:
         # DoRA adapters cannot run in PEFT mixed batches: they batch only with requests for the same adapter.
         if a == b:
@@ -272,7 +342,7 @@ class Engine:
 
     def _run(self, batch: list[GenRequest]) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         names = [r.adapter for r in batch]
@@ -290,12 +360,20 @@ class Engine:
         self.batches_run += 1
         self.stats.batch(len(batch), len(distinct))
 
-        width = max(len(r.prompt_ids) for r in batch)
+        prefix = self._shared_prefix(batch) if len(distinct) == 1 else None
+        p = len(prefix) if prefix else 0
+        # Layout: [shared prefix][left padding][rest of each prompt]. Without a prefix this is plain left padding;
+        # with one, the prefix's cached KV sits in the same columns for every row (positions follow the mask).
+        width = p + max(len(r.prompt_ids) - p for r in batch)
         input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
         for row, r in enumerate(batch):
-            input_ids[row, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            attention[row, width - len(r.prompt_ids):] = 1
+            if p:
+                input_ids[row, :p] = torch.tensor(prefix, dtype=torch.long)
+                attention[row, :p] = 1
+            rest = r.prompt_ids[p:]
+            input_ids[row, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            attention[row, width - len(rest):] = 1
         engine = self
 
         class Streamer(BaseStreamer):
@@ -313,6 +391,13 @@ class Engine:
             def end(self) -> None:
                 pass
 
+        class Grammar(LogitsProcessor):
+            def __call__(self, ids: Any, scores: Any) -> Any:
+                for row, r in enumerate(batch):
+                    if r.constraint is not None and not r.done:
+                        r.constraint.mask(scores[row], r.max_tokens - len(r.ids))
+                return scores
+
         class Stop(StoppingCriteria):
             def __call__(self, ids: Any, scores: Any, **kw: Any) -> Any:
                 flags = []
@@ -328,7 +413,11 @@ class Engine:
             gen_kwargs.update(temperature=batch[0].temperature, top_p=batch[0].top_p, top_k=0)
         else:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        if any(r.constraint is not None for r in batch):
+            gen_kwargs["logits_processor"] = LogitsProcessorList([Grammar()])
         with torch.inference_mode(), ctx:
+            if p:
+                gen_kwargs["past_key_values"] = self._prefix_kv(names[0], prefix, len(batch))
             self.model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),
@@ -359,6 +448,10 @@ class Engine:
             self._flush(r, final=True)
             self._finish(r, "stop")
             return
+        if r.constraint is not None and not r.constraint.accept(tok):
+            self._flush(r, final=True)
+            self._finish(r, "stop")  # cannot happen with the mask applied; never emit an off-grammar token
+            return
         r.ids.append(tok)
         text = self.tokenizer.decode(r.ids, skip_special_tokens=True)
         for s in r.stop:
@@ -369,7 +462,8 @@ class Engine:
                 return
         if len(r.ids) >= r.max_tokens:
             self._emit_upto(r, text)
-            self._finish(r, "length")
+            done = r.constraint is not None and r.constraint.completed  # a finished JSON document is a stop
+            self._finish(r, "stop" if done else "length")
             return
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
             return

@@ -38,6 +38,16 @@ class Metrics(EngineStats):
                                  ["model"], registry=r)
         self.guardrail = Counter("llmtailor_guardrail_hits", "Guardrail detections by check and action.",
                                  ["model", "check", "action"], registry=r)
+        self.prefix_lookups = Counter("llmtailor_prefix_cache_lookups", "Batches that declared a shared prompt prefix.",
+                                      registry=r)
+        self.prefix_hits = Counter("llmtailor_prefix_cache_hits", "Batches whose prefix KV cache was reused.",
+                                   registry=r)
+        self.prefix_hit_rate = Gauge("llmtailor_prefix_cache_hit_rate", "Prefix cache hits / lookups so far.",
+                                     registry=r)
+        self.prefix_tokens = Counter("llmtailor_prefix_cache_reused_tokens", "Prompt tokens not recomputed.",
+                                     registry=r)
+        self._lookups = 0
+        self._hits = 0
         self.rate_limited = Counter("llmtailor_rate_limited", "Requests refused by the per-key rate limit.",
                                     registry=r)
 
@@ -69,6 +79,15 @@ class Metrics(EngineStats):
 
     def adapter_loaded(self, name: str, seconds: float) -> None:
         self.adapter_loads.labels(name).inc()
+
+    def prefix_lookup(self, hit: bool, tokens: int) -> None:
+        self._lookups += 1
+        self.prefix_lookups.inc()
+        if hit:
+            self._hits += 1
+            self.prefix_hits.inc()
+            self.prefix_tokens.inc(tokens)
+        self.prefix_hit_rate.set(self._hits / self._lookups)
 
     def observe_request(self, model: str, route: str, status: int, seconds: float | None = None) -> None:
         self.requests.labels(model or "?", route, str(status)).inc()

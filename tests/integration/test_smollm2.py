@@ -61,7 +61,9 @@ def _small_project(tmp_path: Path) -> Path:
     data.write_text("".join(data.read_text().splitlines(keepends=True)[:90]))
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["train"].update({"max_steps": 4, "batch_size": 2, "save_steps": 2, "learning_rate": 0.0005})
-    cfg["eval"].update({"max_examples": 4, "max_new_tokens": 32, "batch_size": 4})
+    cfg["eval"].update({"max_examples": 4, "max_new_tokens": 32, "batch_size": 4,
+                        "regression": {"enabled": True, "max_items": 4, "max_new_tokens": 16},
+                        "redteam": {"enabled": True, "max_probes": 4, "max_new_tokens": 16}})
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return cfg_path
 
@@ -79,6 +81,9 @@ def test_whole_loop_through_the_cli(tmp_path):
     assert set(results["variants"]) == {"base", "base_fewshot", "tuned"} and results["n_examples"] == 4
     for variant in results["variants"].values():
         assert 0.0 <= variant["json_compliance"] <= 1.0 and variant["eval_loss"] > 0
+    assert "status" not in results["regression"] and results["regression"]["seconds"] > 0
+    assert (run_dir / "eval" / "regression.jsonl").exists() and results["redteam"].get("status") != "skipped"
+    assert results["ladder"] and len(out["gates"]) == 2  # the demo's two gates, each checked
     # Four steps on the task already lower the held-out loss on the answers.
     assert results["variants"]["tuned"]["eval_loss"] < results["variants"]["base"]["eval_loss"]
     html = Path(out["report"]).read_text()
