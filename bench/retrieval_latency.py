@@ -264,7 +264,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     from llmtailor.io import write_json
 
-    write_json(args.out / "retrieval_latency.json", results)
+    combined_path = args.out / "retrieval.json"  # one file; each script fills its own section
+    combined = json.loads(combined_path.read_text()) if combined_path.exists() else {}
+    combined["latency"] = results
+    write_json(combined_path, combined)
     print(json.dumps(results, indent=2))
 
 

@@ -157,7 +157,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     out["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "retrieval_quality.json", out)
+    combined_path = args.out / "retrieval.json"  # one file; each script fills its own section
+    combined = json.loads(combined_path.read_text()) if combined_path.exists() else {}
+    combined["quality"] = out
+    write_json(combined_path, combined)
     print(json.dumps(out, indent=2, default=str))
 
 

@@ -1,4 +1,4 @@
-"""Combine bench/results/retrieval_quality.json and retrieval_latency.json into retrieval.json + retrieval.md.
+"""Render bench/results/retrieval.md from retrieval.json (sections written by retrieval_quality/latency.py).
 
 Nothing here measures anything: it only formats what the two benchmark scripts wrote.
 Usage: python bench/retrieval_report.py [--results bench/results]
@@ -164,12 +164,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     args = ap.parse_args()
-    from llmtailor.io import write_json, write_text
+    from llmtailor.io import write_text
 
-    q = json.loads((args.results / "retrieval_quality.json").read_text())
-    lat = json.loads((args.results / "retrieval_latency.json").read_text())
-    write_json(args.results / "retrieval.json", {"quality": q, "latency": lat})
-    write_text(args.results / "retrieval.md", render(q, lat))
+    data = json.loads((args.results / "retrieval.json").read_text())
+    missing = [k for k in ("quality", "latency") if k not in data]
+    if missing:
+        sys.exit(f"{args.results / 'retrieval.json'}: no {' / '.join(missing)} section; run bench/retrieval_"
+                 f"{missing[0]}.py first")
+    write_text(args.results / "retrieval.md", render(data["quality"], data["latency"]))
     print(args.results / "retrieval.md")
 
 
