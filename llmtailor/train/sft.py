@@ -51,9 +51,21 @@ def _code_version() -> str:
     return f"{__version__}+{sha}" if sha else __version__
 
 
+def _complete(checkpoint: Path) -> bool:
+    """The Trainer writes trainer_state.json last: a run killed while saving leaves a folder without a valid one."""
+    import json
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint; half-written ones (killed mid-save) are passed over."""
     ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return ckpts[-1] if ckpts else None
+    return next((c for c in reversed(ckpts) if _complete(c)), None)
 
 
 def _trim_metrics(path: Path, upto_step: int) -> None:

@@ -131,3 +131,15 @@ def test_qlora_on_cpu_is_refused(tmp_path, tiny_model_dir, dataset):
         pytest.skip("CUDA present")
     with pytest.raises(TailorError, match="qlora"):
         train(make_cfg(tmp_path, tiny_model_dir, method="qlora"), dataset, "h1", show_progress=False)
+
+
+def test_resume_passes_over_a_checkpoint_killed_mid_save(tmp_path):
+    from llmtailor.train.sft import _last_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    for step, state in ((2, '{"global_step": 2}'), (4, '{"global_step": 4}'), (6, None), (8, '{"global_')):
+        (ckpts / f"checkpoint-{step}").mkdir(parents=True)
+        if state is not None:
+            (ckpts / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert _last_checkpoint(tmp_path).name == "checkpoint-4"
+    assert _last_checkpoint(tmp_path / "elsewhere") is None
