@@ -58,13 +58,18 @@ _METRIC_LABELS = {
     "context_precision": "Context precision",
     "context_recall": "Context recall",
     "citation_correctness": "Citation correctness",
+    "cite_rate": "Answers citing a passage",
+    "abstain_rate": "Said \"I don't know\" (RAG)",
 }
 _METRIC_ORDER = list(_METRIC_LABELS)
 _LOWER_IS_BETTER = {"eval_loss", "perplexity", "json_extra_text_rate", "generation_s", "unscorable_rate",
                     "truncated_rate"}
-_NO_BEST = {"answer_length_tokens", "n", "eval_tokens", "unscorable", "truncated", "label_skipped"}
+_NO_BEST = {"answer_length_tokens", "n", "eval_tokens", "unscorable", "truncated", "label_skipped", "abstained",
+            "abstain_rate", "invalid_citation_rows"}
 _TAIL_METRICS = {"answer_length_tokens", "generation_s", "examples_per_s", "eval_tokens", "unscorable",
-                 "truncated", "label_skipped", "truncated_rate", "unscorable_rate"}
+                 "truncated", "label_skipped", "truncated_rate", "unscorable_rate", "abstained", "abstain_rate",
+                 "invalid_citation_rows"}
+_GROUNDING = ("faithfulness", "answer_relevance", "context_precision", "context_recall", "citation_correctness")
 _SUMMARY_SKIP = {"eval_summary"}  # shown in full in the metrics section
 _CHART_METRICS = ["exact_match", "token_f1", "rouge_l", "bleu", "json_parse_rate", "json_compliance"]
 
@@ -393,6 +398,7 @@ def _eval_section(run_dir: Path) -> dict:
                 for k, c in skipped[n].items()
             )
             notes.append(f"{n + ': ' if differ else ''}Rows without a reference are left out of: {counts}.")
+    notes += _grounding_notes(variants)
     info = [("examples", _fmt(results.get("n_examples"))), ("JSON schema", _fmt(results.get("schema")))]
     info += [(f"generation · {k}", _fmt(v)) for k, v in _d(results.get("generation")).items()]
     return {
@@ -406,6 +412,34 @@ def _eval_section(run_dir: Path) -> dict:
         "bars_png": plots.metric_bars_png(labels, chart_vals),
         "colors": {n: plots.variant_color(n, i) for i, n in enumerate(names)},
     }
+
+
+def _grounding_notes(variants: dict[str, dict]) -> list[str]:
+    """Per RAG variant: rows each grounding metric could not score (no passages, no reference, no citation...)."""
+    notes = []
+    for n, v in variants.items():
+        counts = {k: c for k, c in _d(v.get("grounding_unscorable")).items() if c}
+        if counts:
+            text = ", ".join(f"{_METRIC_LABELS.get(k, k)} ({c} row{'s' if c != 1 else ''})" for k, c in counts.items())
+            notes.append(f"{n}: not scorable (no passage, reference, citation, or the assistant abstained): {text}.")
+    return notes
+
+
+def _rag_badges(scores: dict) -> list[dict]:
+    """Grounding of one RAG answer: abstained, cited passages, invalid citations, faithfulness."""
+    if scores.get("abstained"):
+        return [{"text": "I don't know (nothing relevant)", "cls": "neutral"}]
+    badges = []
+    cited, invalid = scores.get("cited"), scores.get("invalid_citations")
+    if isinstance(cited, list):
+        text = "cites " + "".join(f"[{n}]" for n in cited) if cited else "no citation"
+        badges.append({"text": text, "cls": "ok" if cited else "warn"})
+    if invalid:
+        badges.append({"text": "invalid " + "".join(f"[{n}]" for n in invalid), "cls": "bad"})
+    for key, short in (("faithfulness", "faithful"), ("citation_correctness", "citations ok")):
+        if _num(scores.get(key)) is not None:
+            badges.append({"text": f"{short} {scores[key]:.2f}", "cls": "neutral"})
+    return badges
 
 
 def _badges(scores: dict) -> tuple[str, list[dict]]:
@@ -424,6 +458,7 @@ def _badges(scores: dict) -> tuple[str, list[dict]]:
             return "fail", badges
     if scores.get("truncated"):
         badges.append({"text": "hit max tokens", "cls": "warn"})
+    badges += _rag_badges(scores)
     if _num(em) is not None and em >= 1:
         cls = "pass"
     elif valid is True:
@@ -433,6 +468,21 @@ def _badges(scores: dict) -> tuple[str, list[dict]]:
     else:
         cls = ""
     return cls, badges
+
+
+def _passages(raw: Any) -> list[dict]:
+    """`[1] handbook.pdf, p. 2, Expenses (similarity 0.61)` plus the text, for the passages a RAG prompt showed."""
+    out = []
+    for p in raw if isinstance(raw, list) else []:
+        if not isinstance(p, dict):
+            continue
+        where = ", ".join(str(x) for x in (Path(str(p.get("source") or "?")).name,
+                                           f"p. {p['page']}" if p.get("page") else None, p.get("section")) if x)
+        sim = _num(p.get("similarity"))
+        out.append({"label": f"[{p.get('number', len(out) + 1)}] {where}" + (f" (similarity {sim:.2f})"
+                                                                             if sim is not None else ""),
+                    "text": _clip(_as_text(p.get("text")), 600)})
+    return out
 
 
 def _examples_section(run_dir: Path, names: list[str], sample_size: int) -> dict:
@@ -460,6 +510,7 @@ def _examples_section(run_dir: Path, names: list[str], sample_size: int) -> dict
                 "id": _as_text(r.get("id", i)),
                 "prompt": _clip(_as_text(r.get("prompt"))),
                 "reference": _clip(_as_text(r.get("reference"))) or None,
+                "passages": _passages(r.get("passages")),
                 "cells": cells,
             }
         )
@@ -480,6 +531,19 @@ def _examples_section(run_dir: Path, names: list[str], sample_size: int) -> dict
 def _pct(x: Any) -> str:
     v = _num(x)
     return "—" if v is None else f"{100 * v:.0f}%"
+
+
+def ranking_text(order: list[str], values: dict[str, Any]) -> str:
+    """`tuned > base = base_fewshot`: equal scores are shown as ties, not as an order the data does not support."""
+    parts: list[str] = []
+    prev: float | None = None
+    for name in order:
+        v = _num(values.get(name))
+        if parts:
+            parts.append(" = " if v is not None and prev is not None and math.isclose(v, prev, abs_tol=1e-9) else " > ")
+        parts.append(name)
+        prev = v
+    return "".join(parts)
 
 
 def _ladder_section(results: dict) -> dict:
@@ -514,7 +578,8 @@ def _ladder_section(results: dict) -> dict:
                                          for j, x in enumerate(row)]}
                 for lab, row in zip(cm["labels"], cm["matrix"], strict=False)]})
     gates = _d(results.get("gates")).get("results") or []
-    ranking = [(_METRIC_LABELS.get(m, m), " > ".join(order)) for m, order in _d(ladder.get("ranking")).items()]
+    ranking = [(_METRIC_LABELS.get(m, m), ranking_text(order, {n: _d(v).get(m) for n, v in variants.items()}))
+               for m, order in _d(ladder.get("ranking")).items()]
     try:
         from llmtailor.eval.advise import advise
 
