@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from llmtailor.data.config import DataConfig
 from llmtailor.errors import ConfigError, TailorError
 from llmtailor.eval.config import EvalConfig, ReportConfig
 from llmtailor.rag.config import RagConfig
-from llmtailor.serve.config import RegistryConfig, ServeConfig
+from llmtailor.serve.config import RegistryConfig, ServeConfig, served_base_name
 from llmtailor.train.config import TrainConfig
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
@@ -59,6 +59,13 @@ class TailorConfig(BaseModel):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     _path: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> TailorConfig:
+        """Route targets are checked here: the base and project names live outside the serve section."""
+        base = served_base_name(self.model.base_model, self.serve.base_name)
+        self.serve.check_route_targets({base, self.project, f"{self.project}:staging"})
+        return self
 
     @property
     def path(self) -> Path | None:

@@ -1,4 +1,8 @@
-"""`tailor promote` and `tailor rollback`: move adapters between stages; the server follows within seconds."""
+"""`tailor promote` and `tailor rollback`: move adapters between stages; the server follows within seconds.
+
+`--canary N` sends N% of a stage's users to the candidate; `--shadow` sends it a copy of every request instead,
+whose answers are only logged (compare them with `tailor registry shadow`).
+"""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ def promote(
     adapter: str = typer.Argument(..., help="Adapter id (ad-<run>) or run id."),
     to: str = typer.Option("production", "--to", help="staging or production."),
     canary: float = typer.Option(None, "--canary", help="Send this percentage of traffic (sticky per key) to it."),
+    shadow: bool = typer.Option(False, "--shadow", help="Send it a copy of every request; its answers are only "
+                                "logged, never returned (compare with `tailor registry shadow`)."),
     force: bool = typer.Option(False, "--force", help="Promote even if its evaluation gates failed (recorded)."),
     note: str = typer.Option(None, "--note", help="Why (kept in the deployment history)."),
     config: Path = CONFIG,
@@ -33,13 +39,15 @@ def promote(
     cfg, reg = _open(config)
     if reg.adapter(adapter) is None and (cfg.runs_dir / adapter / "run.json").exists():
         sync_run(reg, cfg.runs_dir / adapter)  # a run made before the registry existed
-    row = reg.promote(adapter, to, force=force, canary=canary, note=note)
+    row = reg.promote(adapter, to, force=force, canary=canary, shadow=shadow, note=note)
     if json_out:
         emit_json(row)
         return
     if row.get("warning"):
         console.print(f"[yellow]forced:[/] the adapter {row['warning']}; recorded in {row['id']}")
     what = f"canary {row['canary_adapter_id']} at {canary:g}%" if canary else row["adapter_id"]
+    if shadow:
+        what = f"{row['adapter_id']}, shadowed by {row['shadow_adapter_id']}"
     console.print(f"[green]{to}[/] -> {what} ({row['id']})")
 
 
@@ -48,7 +56,7 @@ def rollback(
     config: Path = CONFIG,
     json_out: bool = JSON,
 ) -> None:
-    """Return a stage to its previous deployment."""
+    """Return a stage to its previous deployment (a shadow, if any, is stopped)."""
     _, reg = _open(config)
     row = reg.rollback(stage)
     if json_out:

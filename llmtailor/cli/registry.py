@@ -1,4 +1,5 @@
-"""`tailor registry ls|show|lineage|sync`: what was built from what, and where it is deployed."""
+"""`tailor registry ls|show|lineage|sync|shadow`: what was built from what, where it is deployed, and how a
+shadow candidate's answers compare with the ones users got."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ def ls(kind: str = typer.Option(None, "--kind", help="dataset, run, adapter, ind
             detail = f"adapter {r['adapter_id']}, gates {r['passed']}"
         elif r["kind"] == "deployment":
             detail = f"{r['action']} {r['stage']}: {r['adapter_id']}" + (
-                f" + canary {r['canary_adapter_id']} {r['canary_percent']:g}%" if r["canary_adapter_id"] else "")
+                f" + canary {r['canary_adapter_id']} {r['canary_percent']:g}%" if r["canary_adapter_id"] else "") + (
+                f" + shadow {r['shadow_adapter_id']}" if r.get("shadow_adapter_id") else "")
         table.add_row(r["kind"], r["id"], r["created"], detail)
     console.print(table)
 
@@ -77,3 +79,52 @@ def sync(config: Path = CONFIG) -> None:
         sync_run(reg, run)
         n += 1
     console.print(f"[green]synced[/] {n} runs into {reg.url}")
+
+
+@app.command("shadow")
+def shadow(stage: str = typer.Option("production", "--stage", help="staging or production."),
+           since_days: float = typer.Option(None, "--since-days", help="Only requests from the last N days."),
+           last: int = typer.Option(10, "--last", help="Request pairs to print (all of them with --json)."),
+           config: Path = CONFIG, json_out: bool = JSON) -> None:
+    """Shadow vs user answers: agreement (exact match) and latency of each side, then the newest pairs."""
+    import datetime as dt
+
+    from llmtailor.errors import TailorError
+    from llmtailor.registry.db import STAGES
+    from llmtailor.registry.shadow import shadow_report
+
+    if stage not in STAGES:
+        raise TailorError(f"unknown stage {stage!r}: use staging or production")
+    _, reg = _open(config)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    since = now - dt.timedelta(days=since_days) if since_days else None
+    report = shadow_report(reg, stage=stage, since=since, limit=None if json_out else last)
+    if json_out:
+        emit_json(report)
+        return
+    _print_shadow(report)
+
+
+def _print_shadow(report: dict) -> None:
+    from rich.table import Table
+
+    if not report["summaries"]:
+        console.print(f"no shadow answers logged for {report['stage']} (start one with `tailor promote ADAPTER "
+                      "--shadow`)")
+        return
+    table = Table("shadow adapter", "requests", "compared", "agreement", "user p50 ms", "shadow p50 ms", "errors")
+    for s in report["summaries"]:
+        agree = f"{s['agreement']:.1%}" if s["agreement"] is not None else "-"
+        table.add_row(s["shadow_adapter"], str(s["requests"]), str(s["compared"]), agree,
+                      str(s["user_latency"]["p50_ms"]), str(s["shadow_latency"]["p50_ms"]), str(s["shadow_errors"]))
+    console.print(table)
+    if not report["content_logged"]:
+        console.print("[yellow]answers were not logged[/] (serve.log_content: false): agreement cannot be judged")
+    for p in report["pairs"]:
+        mark = {True: "[green]same[/]", False: "[red]differs[/]", None: "[dim]?[/]"}[p["same"]]
+        console.print(f"[bold]{p['request_id']}[/] {p['created']} {p['model']} {mark}", highlight=False)
+        console.print(f"  prompt: {p['prompt']}", highlight=False, markup=False)
+        console.print(f"  user   ({p['user_adapter']}, {p['user_latency_ms']:.0f} ms): {p['user_answer']}",
+                      highlight=False, markup=False)
+        console.print(f"  shadow ({p['shadow_adapter']}, {p['shadow_latency_ms']:.0f} ms, status "
+                      f"{p['shadow_status']}): {p['shadow_answer']}", highlight=False, markup=False)

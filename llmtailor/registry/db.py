@@ -4,7 +4,8 @@ SQLAlchemy keeps one schema for a SQLite file (the default, next to tailor.yaml)
 Ids carry their kind so `tailor registry show ID` needs no flag: `ds-<hash>` datasets, run folder names for
 runs, `ad-<run>` adapters, `ix-<hash>` indexes, `ev-<n>` evaluations, `dep-<n>` deployments, `key-<n>` keys.
 Deployments are append-only: the current state of a stage is its newest row, so every promotion, canary,
-forced promotion and rollback stays in the history.
+shadow, forced promotion and rollback stays in the history. Columns added after a database was created are
+added on open (`_add_missing_columns`), so an older registry.db keeps working.
 """
 
 from __future__ import annotations
@@ -20,9 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
 from llmtailor.errors import TailorError
 
@@ -97,10 +112,12 @@ class Deployment(Base):
     __tablename__ = "deployments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     stage: Mapped[str] = mapped_column(String(16), index=True)
-    action: Mapped[str] = mapped_column(String(16))  # promote | canary | rollback
+    action: Mapped[str] = mapped_column(String(16))  # promote | canary | shadow | rollback
     adapter_id: Mapped[str | None] = mapped_column(ForeignKey("adapters.id"), nullable=True)
     canary_adapter_id: Mapped[str | None] = mapped_column(ForeignKey("adapters.id"), nullable=True)
     canary_percent: Mapped[float] = mapped_column(Float, default=0.0)
+    # A shadow gets a copy of the stage's traffic; its answers are logged, never returned.
+    shadow_adapter_id: Mapped[str | None] = mapped_column(ForeignKey("adapters.id"), nullable=True)
     previous_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     forced: Mapped[bool] = mapped_column(Boolean, default=False)
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -137,6 +154,10 @@ class RequestLog(Base):
     guardrails: Mapped[list] = mapped_column(JSON, default=list)
     prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set on a shadow answer's row: the id of the user's request it copies (never returned to anyone).
+    shadow_of: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    stage: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the deployment a shadow row followed
+    routed_to: Mapped[str | None] = mapped_column(Text, nullable=True)  # what a routing alias chose
 
 
 class Feedback(Base):
@@ -175,6 +196,8 @@ class DeploymentState:
     canary_adapter_id: str | None
     canary_path: str | None
     canary_percent: float
+    shadow_adapter_id: str | None = None
+    shadow_path: str | None = None
 
 
 def hash_key(secret: str) -> str:
@@ -234,6 +257,7 @@ class Registry:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         try:
             Base.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except SQLAlchemyError as e:
             raise registry_error(url, e) from None
 
@@ -385,7 +409,7 @@ class Registry:
             elif kind == "evaluation":
                 run = s.get(Run, row.run_id) if row.run_id else None
             elif kind == "deployment":
-                aid = row.adapter_id if row.action != "canary" else row.canary_adapter_id
+                aid = {"canary": row.canary_adapter_id, "shadow": row.shadow_adapter_id}.get(row.action, row.adapter_id)
                 adapter = s.get(Adapter, aid) if aid else None
                 run = s.get(Run, adapter.run_id) if adapter and adapter.run_id else None
             if run is None:
@@ -399,14 +423,22 @@ class Registry:
                             .order_by(Deployment.id.desc()).limit(1)).first()
             if row is None or row.adapter_id is None and row.canary_adapter_id is None:
                 return None
-            main = s.get(Adapter, row.adapter_id) if row.adapter_id else None
-            canary = s.get(Adapter, row.canary_adapter_id) if row.canary_adapter_id else None
-            return DeploymentState(row.id, stage, row.adapter_id, main.path if main else None,
-                                   row.canary_adapter_id, canary.path if canary else None, row.canary_percent)
+
+            def path(aid: str | None) -> str | None:
+                found = s.get(Adapter, aid) if aid else None
+                return found.path if found else None
+
+            return DeploymentState(row.id, stage, row.adapter_id, path(row.adapter_id), row.canary_adapter_id,
+                                   path(row.canary_adapter_id), row.canary_percent, row.shadow_adapter_id,
+                                   path(row.shadow_adapter_id))
 
     def promote(self, adapter: str, stage: str, *, force: bool = False, canary: float | None = None,
-                note: str | None = None) -> dict[str, Any]:
-        """Deploy an adapter to a stage (or as a canary beside the current one); refused if its gates failed."""
+                shadow: bool = False, note: str | None = None) -> dict[str, Any]:
+        """Deploy an adapter to a stage, as a canary or as a shadow beside the current one.
+
+        Refused if its gates failed (a shadow too: it is a release candidate). A plain promotion replaces the
+        canary and the shadow; a canary keeps the shadow and a shadow keeps the canary.
+        """
         if stage not in STAGES:
             raise TailorError(f"unknown stage {stage!r}: use staging or production")
         found = self.adapter(adapter)
@@ -426,6 +458,8 @@ class Registry:
                               "(the override is recorded)")
         if canary is not None and not 0 < canary < 100:
             raise TailorError("--canary takes a percentage between 0 and 100 (exclusive)")
+        if canary is not None and shadow:
+            raise TailorError("--canary and --shadow cannot be combined: an adapter either answers users or shadows")
         with self.session() as s:
             prev = s.scalars(select(Deployment).where(Deployment.stage == stage)
                              .order_by(Deployment.id.desc()).limit(1)).first()
@@ -433,7 +467,10 @@ class Registry:
                 if prev is None or prev.adapter_id is None:
                     raise TailorError(f"no {stage} deployment to run a canary beside; promote one first")
                 row = Deployment(stage=stage, action="canary", adapter_id=prev.adapter_id, canary_adapter_id=aid,
-                                 canary_percent=float(canary), previous_id=prev.id, forced=bool(problem), note=note)
+                                 canary_percent=float(canary), shadow_adapter_id=prev.shadow_adapter_id,
+                                 previous_id=prev.id, forced=bool(problem), note=note)
+            elif shadow:
+                row = _shadow_row(prev, stage, aid, forced=bool(problem), note=note)
             else:
                 row = Deployment(stage=stage, action="promote", adapter_id=aid, previous_id=prev.id if prev else None,
                                  forced=bool(problem), note=note or problem)
@@ -451,6 +488,7 @@ class Registry:
             target = s.get(Deployment, cur.previous_id) if cur.previous_id else None
             if target is None:
                 raise TailorError(f"{stage} has no previous deployment to roll back to")
+            # A rollback is the emergency exit: it never brings back a shadow (start one again explicitly).
             row = Deployment(stage=stage, action="rollback", adapter_id=target.adapter_id,
                              canary_adapter_id=target.canary_adapter_id, canary_percent=target.canary_percent,
                              previous_id=target.previous_id, note=f"rollback of dep-{cur.id} to dep-{target.id}")
@@ -518,18 +556,57 @@ class Registry:
             s.flush()
             return row.id
 
-    def requests(self, model: str | None = None, since: dt.datetime | None = None) -> list[dict[str, Any]]:
+    def requests(self, model: str | None = None, since: dt.datetime | None = None, *,
+                 shadow: bool = False) -> list[dict[str, Any]]:
+        """Logged requests, oldest first: the users' (default) or only the shadow answers (`shadow=True`)."""
         with self.session() as s:
             q = select(RequestLog).order_by(RequestLog.created)
+            q = q.where(RequestLog.shadow_of.is_not(None) if shadow else RequestLog.shadow_of.is_(None))
             if model:
                 q = q.where(RequestLog.model == model)
             if since:
                 q = q.where(RequestLog.created >= since)
             return [_row_dict(r) for r in s.scalars(q)]
 
+    def shadow_pairs(self, stage: str | None = None, since: dt.datetime | None = None) -> list[dict[str, Any]]:
+        """Each shadow answer beside the answer the user got: {"user": row, "shadow": row}, oldest first."""
+        user = aliased(RequestLog)
+        q = select(RequestLog, user).join(user, user.id == RequestLog.shadow_of).order_by(RequestLog.created)
+        if stage:
+            q = q.where(RequestLog.stage == stage)
+        if since:
+            q = q.where(RequestLog.created >= since)
+        with self.session() as s:
+            return [{"user": _row_dict(u), "shadow": _row_dict(sh)} for sh, u in s.execute(q)]
+
     def feedback(self) -> list[dict[str, Any]]:
         with self.session() as s:
             return [_row_dict(r) for r in s.scalars(select(Feedback).order_by(Feedback.id))]
+
+
+def _shadow_row(prev: Deployment | None, stage: str, aid: str, *, forced: bool, note: str | None) -> Deployment:
+    """The current deployment with `aid` added as its shadow (the canary, if any, stays)."""
+    if prev is None or prev.adapter_id is None:
+        raise TailorError(f"no {stage} deployment to shadow; promote one first")
+    if aid in (prev.adapter_id, prev.canary_adapter_id):
+        raise TailorError(f"{aid} already answers {stage} traffic (dep-{prev.id}); shadow a different adapter")
+    return Deployment(stage=stage, action="shadow", adapter_id=prev.adapter_id,
+                      canary_adapter_id=prev.canary_adapter_id, canary_percent=prev.canary_percent,
+                      shadow_adapter_id=aid, previous_id=prev.id, forced=forced, note=note)
+
+
+def _add_missing_columns(engine: Any) -> None:
+    """Add columns newer than the database file (nullable ones only), so an older registry keeps working."""
+    insp = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {c["name"] for c in insp.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in have and c.nullable]
+        if not missing:
+            continue
+        with engine.begin() as conn:
+            for col in missing:
+                kind = col.type.compile(dialect=engine.dialect)
+                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -583,7 +660,8 @@ def _chain_from_run(s: Session, run: Run) -> list[tuple[str, Any]]:
         for ev in s.scalars(select(Evaluation).where(Evaluation.adapter_id == a.id).order_by(Evaluation.id)):
             chain.append(("evaluation", ev))
         deps = s.scalars(select(Deployment).where((Deployment.adapter_id == a.id)
-                                                  | (Deployment.canary_adapter_id == a.id)).order_by(Deployment.id))
+                                                  | (Deployment.canary_adapter_id == a.id)
+                                                  | (Deployment.shadow_adapter_id == a.id)).order_by(Deployment.id))
         chain.extend(("deployment", d) for d in deps)
     return chain
 
@@ -601,6 +679,7 @@ def _lineage_item(kind: str, row: Any) -> dict[str, Any]:
         summary = f"gates {'passed' if d['passed'] else 'FAILED' if d['passed'] is False else 'none'}"
     elif kind == "deployment":
         what = (f"canary {d['canary_adapter_id']} {d['canary_percent']:g}%" if d["action"] == "canary"
+                else f"shadow {d['shadow_adapter_id']} beside {d['adapter_id']}" if d["action"] == "shadow"
                 else d["adapter_id"])
         summary = f"{d['action']} {d['stage']}: {what}{' (forced)' if d['forced'] else ''}"
     else:

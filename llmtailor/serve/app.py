@@ -17,8 +17,8 @@ import queue
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,8 @@ from llmtailor.serve.config import AliasConfig, GuardrailConfig
 from llmtailor.serve.engine import ContextLengthError, Engine, GenRequest
 from llmtailor.serve.guardrails import check_input, check_output, load_schema
 from llmtailor.serve.metrics import Metrics
+from llmtailor.serve.routing import RouteInput, Router
+from llmtailor.serve.shadow import ShadowJob, ShadowRunner, ShadowTarget
 from llmtailor.serve.structured import ResponseFormatError, parse_response_format, validate
 
 
@@ -175,9 +177,11 @@ class RateLimiter:
 class Target:
     """What a request's `model` resolved to."""
 
-    name: str  # as the client asked
+    name: str  # as the client asked (a routing alias's target once routed)
     adapter: str | None  # engine adapter name (registry id or folder-derived), None = base
     alias: AliasConfig | None = None
+    shadow: ShadowTarget | None = None  # the followed deployment's shadow, which gets a copy of the request
+    routed_from: str | None = None  # the routing alias the client asked for
 
 
 class RequestLogger:
@@ -233,6 +237,8 @@ class Server:
         self.logger = RequestLogger(registry) if registry is not None and self.serve.log_requests else None
         self.schemas = {name: load_schema(_abs(a.guardrails.json_schema, cfg.base_dir))
                         for name, a in self.serve.aliases.items() if a.guardrails.json_schema}
+        self.router = Router(self.serve.aliases, self.embedder)
+        self.shadows = ShadowRunner(self)
 
     # ---- auth ------------------------------------------------------------------------------------
     def authenticate(self, request: Request) -> Caller:
@@ -296,7 +302,41 @@ class Server:
             spec = "@staging"
         else:
             spec = model
-        return Target(model, self._adapter(spec, model, sticky, from_alias=alias is not None), alias)
+        target = Target(model, self._adapter(spec, model, sticky, from_alias=alias is not None), alias)
+        target.shadow = self._shadow(spec)
+        return target
+
+    def _shadow(self, spec: str | None) -> ShadowTarget | None:
+        """The shadow of the deployment a stage-following spec (`@production`) resolved through, if any."""
+        if spec is None or not spec.startswith("@"):
+            return None
+        dep = self.deployments.get(spec[1:])
+        if dep is None or not getattr(dep, "shadow_adapter_id", None) or not dep.shadow_path:
+            return None
+        return ShadowTarget(dep.shadow_adapter_id, dep.shadow_path, spec[1:])
+
+    def resolve_request(self, model: str, caller: Caller, sticky: str, features: Callable[[], RouteInput]) -> Target:
+        """`resolve`, following routing aliases first.
+
+        The key must be allowed the routing alias (its model list and the alias's tenants); the chosen target is
+        then used on the key's behalf, so keys need not list every target. Tenant, groups and clearance stay the
+        key's, and a target alias's own `tenants` still applies (config validation keeps the two consistent).
+        """
+        if not self.router.routes(model):
+            return self.resolve(model, caller, sticky)
+        alias = self.serve.aliases[model]
+        if not caller.allows(model) or (alias.tenants and caller.tenant not in alias.tenants):
+            raise APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
+                           param="model", code="model_not_found")
+        try:
+            hops = self.router.follow(model, features())
+        except TailorError as e:
+            raise APIError(500, f"Routing '{model}' failed: {e}", type="server_error") from e
+        for name, to, reason in hops:
+            self.metrics.routed(name, to, reason)
+        target = self.resolve(hops[-1][1], replace(caller, models=("*",)), sticky)
+        target.routed_from = model
+        return target
 
     def _adapter(self, spec: str | None, model: str, sticky: str, *, from_alias: bool) -> str | None:
         if spec is None:
@@ -483,6 +523,7 @@ def create_app(cfg: Any, *, engine: Engine | None = None, registry: Any = None, 
             poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poll
+            await server.shadows.close()
             engine.stop()
             server.close()
 
@@ -625,7 +666,8 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
             raise APIError(400, "'stop' cannot be combined with a JSON response_format (it would cut the document).",
                            param="stop")
     sticky = str(caller.key_id) if caller.key_id is not None else (body.user or request.client.host or "")
-    target = await asyncio.to_thread(server.resolve, body.model, caller, sticky)
+    target = await asyncio.to_thread(server.resolve_request, body.model, caller, sticky,
+                                     lambda: _route_input(server, body, chat, fmt is not None))
     alias = target.alias
     guard = alias.guardrails if alias is not None else GuardrailConfig()
     temperature = body.temperature if body.temperature is not None else serve.default_temperature
@@ -633,7 +675,7 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
     rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     hits: list[dict[str, Any]] = []
 
-    # Input: the user's texts, guarded; the alias system prompt is the operator's and passes as is.
+    # Input: the client's texts, guarded; the alias system prompt is the operator's and passes as is.
     if chat:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
                     for m in body.messages]
@@ -646,19 +688,24 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
             raise APIError(400, "Send one prompt per request (batch by sending requests concurrently).",
                            param="prompt")
         texts = [body.prompt if isinstance(body.prompt, str) else body.prompt[0]]
-    verdict = await asyncio.to_thread(check_input, texts, guard, server.cfg.data.pii) if _any_input(guard) else None
+    # Every turn the client sent is guarded: its system, developer and assistant turns are its text too.
+    guarded = [m["content"] for m in messages] if chat else texts
+    verdict = await asyncio.to_thread(check_input, guarded, guard, server.cfg.data.pii) if _any_input(guard) else None
     if verdict is not None:
         hits.extend(verdict.hits)
         for h in verdict.hits:
             server.metrics.hit(body.model, h["check"], h["action"])
-        if verdict.blocked:
+        if chat:
+            for m, t in zip(messages, verdict.texts, strict=True):
+                m["content"] = t
+            texts = [messages[i]["content"] for i in user_idx]
+        else:
+            texts = verdict.texts
+        if verdict.blocked:  # logged with the personal data already redacted
             _log(server, rid, caller, target, 400, t0, 0, 0, hits, texts, None)
             raise APIError(400, f"Request blocked by guardrails: {verdict.blocked}.", code="content_policy_violation",
                            param="messages" if chat else "prompt")
-        texts = verdict.texts
     if chat:
-        for i, t in zip(user_idx, texts, strict=True):
-            messages[i]["content"] = t
         if alias is not None and alias.system_prompt and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": alias.system_prompt})
         if not any(m["role"] == "user" for m in messages):
@@ -679,6 +726,9 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
                  "known": answer.known}
         text = answer.answer
         usage = (len(prompt_ids(server.tokenizer, messages)), len(server.tokenizer(text)["input_ids"]))
+        if _any_output(guard):  # retrieved documents can carry personal data into the answer
+            text = await _guard_answer(server, body, guard, target, rid, caller, t0, usage, hits, texts, text)
+        _shadow_job(server, rid, caller, target, texts, guard, max_tokens, question=question)()
         return await _finish_whole(server, request, body, rid, chat, caller, target, text, "stop", usage, hits, t0,
                                    texts, extra)
 
@@ -703,9 +753,10 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
     req = GenRequest(ids, max_tokens, adapter=target.adapter, temperature=temperature, top_p=top_p, stop=stops,
                      label=body.model, constraint=constraint,
                      prefix_len=chat_prefix_len(server.tokenizer, messages, ids) if chat else 0)
-    output_checks = guard.output_pii != "off" or guard.output_json != "off"
+    output_checks = _any_output(guard)
+    shadow = _shadow_job(server, rid, caller, target, texts, guard, max_tokens, template=req, fmt=fmt)
     if body.stream and not output_checks:
-        return StreamingResponse(_stream(server, body, rid, chat, caller, target, req, hits, t0, texts),
+        return StreamingResponse(_then(_stream(server, body, rid, chat, caller, target, req, hits, t0, texts), shadow),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     # Whole answer (also for streams whose output must be checked before anyone sees it).
     parts = []
@@ -723,21 +774,72 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
         # Cannot happen with the grammar applied (kept as a loud check rather than a silent bad answer).
         raise APIError(500, f"Structured output failed: {validate(text, fmt)}", type="server_error")
     if output_checks:
-        ov = await asyncio.to_thread(check_output, text, guard, server.cfg.data.pii,
-                                     server.schemas.get(target.name))
-        hits.extend(ov.hits)
-        for h in ov.hits:
-            server.metrics.hit(body.model, h["check"], h["action"])
-        if ov.blocked:
-            _log(server, rid, caller, target, 400, t0, final.prompt_tokens, final.completion_tokens, hits, texts, text)
-            raise APIError(400, f"Answer withheld by guardrails: {ov.blocked}.", code="content_policy_violation")
-        text = ov.texts[0]
+        text = await _guard_answer(server, body, guard, target, rid, caller, t0,
+                                   (final.prompt_tokens, final.completion_tokens), hits, texts, text)
+    shadow()
     return await _finish_whole(server, request, body, rid, chat, caller, target, text, final.finish_reason or "stop",
                                (final.prompt_tokens, final.completion_tokens), hits, t0, texts, {})
 
 
 def _any_input(g: GuardrailConfig) -> bool:
     return g.injection != "off" or bool(g.deny_topics) or g.input_pii != "off"
+
+
+def _any_output(g: GuardrailConfig) -> bool:
+    return g.output_pii != "off" or g.output_json != "off"
+
+
+async def _guard_answer(server: Server, body: Any, guard: GuardrailConfig, target: Target, rid: str, caller: Caller,
+                        t0: float, usage: tuple[int, int], hits: list[dict[str, Any]], texts: list[str],
+                        text: str) -> str:
+    """Output checks on a finished answer: the text to send (redacted if asked), or a 400 when it is withheld."""
+    ov = await asyncio.to_thread(check_output, text, guard, server.cfg.data.pii, server.schemas.get(target.name))
+    hits.extend(ov.hits)
+    for h in ov.hits:
+        server.metrics.hit(body.model, h["check"], h["action"])
+    if ov.blocked:  # logged with the personal data already redacted
+        _log(server, rid, caller, target, 400, t0, usage[0], usage[1], hits, texts, ov.texts[0])
+        raise APIError(400, f"Answer withheld by guardrails: {ov.blocked}.", code="content_policy_violation")
+    return ov.texts[0]
+
+
+def _route_input(server: Server, body: Any, chat: bool, wants_json: bool) -> RouteInput:
+    """What routing rules read: the last user text (as sent), JSON or not, and the prompt's length on demand."""
+    tok = server.tokenizer
+    if not chat:
+        prompt = body.prompt if isinstance(body.prompt, str) else (body.prompt[0] if body.prompt else "")
+        return RouteInput(prompt, wants_json, lambda: len(tok(prompt, add_special_tokens=False)["input_ids"]))
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
+                for m in body.messages]
+    users = [m["content"] for m in messages if m["role"] == "user"]
+
+    def count() -> int:
+        try:
+            return len(prompt_ids(tok, messages))
+        except Exception:  # a shape the template rejects is refused later with a clear error; count the texts
+            return sum(len(tok(m["content"], add_special_tokens=False)["input_ids"]) for m in messages)
+
+    return RouteInput(users[-1] if users else "", wants_json, count)
+
+
+def _shadow_job(server: Server, rid: str, caller: Caller, target: Target, texts: list[str], guard: GuardrailConfig,
+                max_tokens: int, **how: Any) -> Callable[[], None]:
+    """Starts the shadow copy of a request once its answer is complete (a no-op without a shadow)."""
+    def start() -> None:
+        if target.shadow is not None:
+            server.shadows.start(ShadowJob(rid, caller, target, texts, guard, max_tokens, **how))
+
+    return start
+
+
+async def _then(chunks: AsyncIterator[str], done: Callable[[], None]) -> AsyncIterator[str]:
+    """Pass a stream through, then call `done` if it ran to the end (not when the client left)."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]  # the inner stream's cleanup runs as without us
+    done()
 
 
 async def _finish_whole(server: Server, request: Request, body: Any, rid: str, chat: bool, caller: Caller,
@@ -749,6 +851,8 @@ async def _finish_whole(server: Server, request: Request, body: Any, rid: str, c
     server.metrics.observe_request(body.model, request.url.path, 200, time.perf_counter() - t0)
     if hits:
         extra = {**extra, "guardrails": hits}
+    if target.routed_from:
+        extra = {**extra, "routed_to": target.name}
     if body.stream:  # a stream whose answer had to be complete first (RAG, output checks): one content chunk
         async def one() -> AsyncIterator[str]:
             if chat:
@@ -815,6 +919,8 @@ async def _stream(server: Server, body: Any, rid: str, chat: bool, caller: Calle
                         else _text_chunk(rid, created, body.model, "", ev.finish_reason))
                 if hits:
                     last["guardrails"] = hits
+                if target.routed_from:
+                    last["routed_to"] = target.name
                 yield _sse(last)
                 if (body.stream_options or {}).get("include_usage"):
                     yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
@@ -838,8 +944,9 @@ def _log(server: Server, rid: str, caller: Caller, target: Target, status: int, 
         return
     keep = server.serve.log_content
     server.logger.put({
-        "id": rid, "key_id": caller.key_id, "tenant": caller.tenant, "model": target.name,
+        "id": rid, "key_id": caller.key_id, "tenant": caller.tenant, "model": target.routed_from or target.name,
         "adapter_id": target.adapter, "status": status, "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "guardrails": hits,
         "prompt": "\n".join(texts) if keep else None, "answer": answer if keep else None,
+        "routed_to": target.name if target.routed_from else None,
     })

@@ -2,15 +2,17 @@
 
 An alias is the name an application puts in `model`: it binds an adapter (or the base, or the current
 `@production` / `@staging` deployment) to optional retrieval, guardrails and the tenants allowed to use it,
-so applications never need to know run ids.
+so applications never need to know run ids. A routing alias (`route:`) binds nothing itself: it picks another
+alias or served model per request, by rules on the request or by similarity to example prompts.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Action = Literal["off", "log", "redact", "block"]
 
@@ -35,6 +37,82 @@ class GuardrailConfig(BaseModel):
     json_schema: Path | None = Field(None, description="JSON Schema file the answer must match (output_json).")
 
 
+class RouteRule(BaseModel):
+    """Send a request to `to` when every condition given here holds (conditions left unset are not checked)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(description="Target: another alias, the base model name, the project name or '<project>:staging'.")
+    min_prompt_tokens: int | None = Field(
+        None, ge=0, description="The rendered prompt (all messages, chat template) has at least this many tokens."
+    )
+    max_prompt_tokens: int | None = Field(None, ge=0, description="The rendered prompt has at most this many tokens.")
+    contains_any: list[str] = Field(
+        default_factory=list, description="The last user message contains one of these (case-insensitive)."
+    )
+    regex: str | None = Field(None, description="The last user message matches this Python regex (re.search).")
+    response_format: Literal["json", "text"] | None = Field(
+        None, description="'json': the request asks for a JSON response_format; 'text': it does not."
+    )
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"invalid regex {v!r}: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> RouteRule:
+        if (self.min_prompt_tokens is None and self.max_prompt_tokens is None and not self.contains_any
+                and self.regex is None and self.response_format is None):
+            raise ValueError(f"a rule for {self.to!r} has no condition; use route.default for the fallback")
+        return self
+
+
+class RouteClassifier(BaseModel):
+    """Route by meaning: the target whose example prompts are most similar to the last user message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    examples: dict[str, list[str]] = Field(
+        description="Target -> example prompts it should get (embedded once with the RAG embedder).", min_length=1
+    )
+    min_similarity: float = Field(
+        0.0, ge=-1, le=1, description="Below this cosine similarity to every example, route.default is used."
+    )
+
+    @field_validator("examples")
+    @classmethod
+    def _non_empty(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        empty = [t for t, ex in v.items() if not [e for e in ex if e.strip()]]
+        if empty:
+            raise ValueError(f"target(s) {', '.join(map(repr, empty))} have no example prompts")
+        return v
+
+
+class RouteConfig(BaseModel):
+    """Rules in order (first match wins), then the classifier, then `default`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[RouteRule] = Field(default_factory=list, description="Checked in order; the first match routes.")
+    classifier: RouteClassifier | None = Field(None, description="Used when no rule matched.")
+    default: str = Field(description="Target when no rule matched and the classifier (if any) was not confident.")
+
+    def targets(self) -> list[str]:
+        """Every name this route can send a request to."""
+        names = [r.to for r in self.rules] + list(self.classifier.examples if self.classifier else []) + [self.default]
+        return list(dict.fromkeys(names))
+
+
+# What a routing alias may not set itself: its targets answer, with their own adapter, index and guardrails.
+_NOT_WITH_ROUTE = ("adapter", "index", "top_k", "system_prompt", "guardrails")
+
+
 class AliasConfig(BaseModel):
     """A model name served to applications."""
 
@@ -52,6 +130,9 @@ class AliasConfig(BaseModel):
     )
     system_prompt: str | None = Field(None, description="Prepended when the request has no system message.")
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
+    route: RouteConfig | None = Field(
+        None, description="Make this a routing alias: each request goes to one of its targets (rules, classifier)."
+    )
 
 
 class MonitorConfig(BaseModel):
@@ -110,6 +191,9 @@ class ServeConfig(BaseModel):
     log_content: bool = Field(
         False, description="Also store prompts and answers in the request log (needed for `tailor monitor` drift)."
     )
+    shadow_max_inflight: int = Field(
+        4, ge=1, description="Shadow answers generated at once; copies beyond this are dropped (and counted)."
+    )
     aliases: dict[str, AliasConfig] = Field(default_factory=dict, description="Model names applications use.")
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
@@ -117,7 +201,56 @@ class ServeConfig(BaseModel):
     def _check(self) -> ServeConfig:
         if self.max_tokens_default > self.max_tokens_limit:
             raise ValueError("max_tokens_default cannot exceed max_tokens_limit")
+        for name, alias in self.aliases.items():
+            if alias.route is not None:
+                _check_routing_alias(name, alias, self.aliases)
+        _check_route_cycles(self.aliases)
         return self
+
+    def check_route_targets(self, served: set[str]) -> None:
+        """Every route target is an alias or one of the `served` names (base, project, project:staging)."""
+        for name, alias in self.aliases.items():
+            for target in alias.route.targets() if alias.route else []:
+                if target not in self.aliases and target not in served:
+                    known = ", ".join(sorted({*self.aliases, *served} - {name}))
+                    raise ValueError(f"alias '{name}': route target '{target}' is not an alias or a served model "
+                                     f"name (known: {known}); to route to an adapter, give it an alias")
+
+
+def _check_routing_alias(name: str, alias: AliasConfig, aliases: dict[str, AliasConfig]) -> None:
+    """A routing alias sets nothing its targets own, and never widens who may reach a tenant-restricted alias."""
+    clash = [f for f in _NOT_WITH_ROUTE if f in alias.model_fields_set]
+    if clash:
+        raise ValueError(f"alias '{name}' routes requests (route:), so it cannot also set {', '.join(clash)}; "
+                         "set those on its targets")
+    assert alias.route is not None
+    for target in alias.route.targets():
+        allowed = aliases[target].tenants if target in aliases else []
+        if allowed and (not alias.tenants or not set(alias.tenants) <= set(allowed)):
+            who = ", ".join(alias.tenants) if alias.tenants else "every tenant"
+            raise ValueError(f"alias '{name}' routes to '{target}', which only tenants {', '.join(allowed)} may use, "
+                             f"but '{name}' is open to {who}; restrict '{name}' to those tenants")
+
+
+def _check_route_cycles(aliases: dict[str, AliasConfig]) -> None:
+    """Routing aliases that reach themselves would never answer."""
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            loop = " -> ".join([*path[path.index(name):], name])
+            raise ValueError(f"alias '{path[path.index(name)]}': routing cycle {loop}")
+        route = aliases[name].route if name in aliases else None
+        for target in route.targets() if route else []:
+            visit(target, [*path, name])
+
+    for name in aliases:
+        visit(name, [])
+
+
+def served_base_name(base_model: str, base_name: str | None) -> str:
+    """The model name of the plain base: `serve.base_name`, else the base model's folder name."""
+    if base_name:
+        return base_name
+    return Path(base_model).name if ("/" in base_model or "\\" in base_model) else base_model
 
 
 class RegistryConfig(BaseModel):

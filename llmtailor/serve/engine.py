@@ -4,8 +4,11 @@ A single worker thread owns the model. Requests queue up; the worker takes the o
 milliseconds for others that arrived together, and decodes all of them with the same sampling settings in
 one batched `model.generate` call. When the batch mixes adapters, PEFT's mixed-adapter inference
 (`adapter_names=`) runs them in the same forward passes; adapters load on first use with `load_adapter`
-and the least recently used are deleted, all without reloading the base. Tokens stream back to each
-request as they are produced, and a request whose client went away stops being decoded at the next step.
+and the least recently used are deleted, all without reloading the base. DoRA adapters are the exception:
+PEFT recomputes DoRA's weight norms at every forward, so each one is merged into its own copy of the base
+(`merge_and_unload`) on first use and its requests run as a plain forward in batches of their own; the
+merged copies count against the same LRU budget. Tokens stream back to each request as they are produced,
+and a request whose client went away stops being decoded at the next step.
 
 Two optional per-request additions: a grammar `constraint` (structured output, see structured.py) masks that
 row's logits at every step, and a `prefix_len` hint marks the shared head of the prompt (system prompt, RAG
@@ -90,7 +93,8 @@ class Engine:
 
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 16, batch_wait_ms: float = 8.0,
                  max_model_len: int | None = None, max_loaded_adapters: int = 8, mixed_adapters: bool = True,
-                 stats: EngineStats | None = None, prefix_cache_size: int = 16, prefix_min_tokens: int = 8):
+                 stats: EngineStats | None = None, prefix_cache_size: int = 16, prefix_min_tokens: int = 8,
+                 merge_dora: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -104,8 +108,10 @@ class Engine:
         self.eos_ids = _eos_ids(model, tokenizer)
         self.device = next(model.parameters()).device
         self._paths: dict[str, Path] = {}  # adapter name -> folder (known, maybe not loaded)
-        self._loaded: OrderedDict[str, Path] = OrderedDict()  # LRU of adapters inside the PeftModel
-        self._dora: set[str] = set()
+        self._loaded: OrderedDict[str, Path] = OrderedDict()  # LRU of loaded adapters (PEFT or merged)
+        self._dora: set[str] = set()  # adapters whose config says use_dora (known before they load)
+        self.merge_dora = merge_dora
+        self._merged: dict[str, Any] = {}  # DoRA adapter -> its own copy of the base with the adapter merged in
         self._pending: list[GenRequest] = []
         self._cond = threading.Condition()
         self._running = False
@@ -160,6 +166,11 @@ class Engine:
         path = Path(path)
         if not (path / "adapter_config.json").exists():
             raise TailorError(f"{path}: no adapter_config.json; not a PEFT adapter folder")
+        # Known before loading, so the batcher never puts a DoRA request in a mixed batch.
+        if _uses_dora(path):
+            self._dora.add(name)
+        else:
+            self._dora.discard(name)
         self._paths[name] = path
 
     def has_adapter(self, name: str) -> bool:
@@ -169,34 +180,59 @@ class Engine:
     def loaded_adapters(self) -> list[str]:
         return list(self._loaded)
 
+    @property
+    def merged_adapters(self) -> list[str]:
+        """DoRA adapters currently served from a merged copy of the base."""
+        return list(self._merged)
+
     def _ensure_loaded(self, name: str) -> None:
         """Load (or touch) an adapter inside the worker thread, evicting the least recently used."""
         if name in self._loaded:
             self._loaded.move_to_end(name)
             return
-        import json
-
         from peft import PeftModel
 
         t0 = time.perf_counter()
         path = self._paths[name]
-        if not isinstance(self.model, PeftModel):
+        while len(self._loaded) >= self.max_loaded_adapters:
+            self._evict(next(iter(self._loaded)))
+        if self._is_merged(name):
+            self._merged[name] = self._merge(name, path)
+        elif not isinstance(self.model, PeftModel):
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
         else:
-            while len(self._loaded) >= self.max_loaded_adapters:
-                old, _ = self._loaded.popitem(last=False)
-                self.model.delete_adapter(old)
-                for k in [k for k in self._prefixes if k[0] == old]:
-                    del self._prefixes[k]
-                self._dora.discard(old)
             self.model.load_adapter(path, adapter_name=name)
         self.model.eval()
-        cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-        if cfg.get("use_dora"):
-            self._dora.add(name)
         self._loaded[name] = path
         self.adapter_loads += 1
         self.stats.adapter_loaded(name, time.perf_counter() - t0)
+
+    def _evict(self, name: str) -> None:
+        """Forget an adapter: drop its merged copy or delete it from the PeftModel, and its cached prefixes."""
+        self._loaded.pop(name, None)
+        if self._merged.pop(name, None) is None:
+            self.model.delete_adapter(name)
+        for k in [k for k in self._prefixes if k[0] == name]:
+            del self._prefixes[k]
+
+    def _is_merged(self, name: str | None) -> bool:
+        return self.merge_dora and name in self._dora
+
+    def _merge(self, name: str, path: Path) -> Any:
+        """A copy of the base with the DoRA adapter merged in, so its requests run a plain forward.
+
+        The copy is taken from the serving model; if that is already a PeftModel, the other adapters come along
+        and `merge_and_unload(adapter_names=[name])` merges only this one and strips the rest.
+        """
+        from peft import PeftModel
+
+        clone = copy.deepcopy(self.model)
+        if isinstance(clone, PeftModel):
+            clone.load_adapter(path, adapter_name=name)
+            merged = clone.merge_and_unload(adapter_names=[name])
+        else:
+            merged = PeftModel.from_pretrained(clone, path, adapter_name=name).merge_and_unload()
+        return merged.eval()
 
     # ---- submitting ------------------------------------------------------------------------------
     def check_length(self, prompt_tokens: int, max_tokens: int) -> None:
@@ -272,9 +308,16 @@ class Engine:
             key = self._pending[0].sampling_key
             first_adapter = self._pending[0].adapter
             batch, rest = [], []
+            adapters: set[str] = set()
             for r in self._pending:
                 same = r.sampling_key == key and (self._can_mix(r.adapter, first_adapter))
-                (batch if same and len(batch) < self.max_batch_size else rest).append(r)
+                # Every adapter of a batch must be loaded at once: no more distinct ones than the LRU holds.
+                fits = r.adapter is None or r.adapter in adapters or len(adapters) < self.max_loaded_adapters
+                if same and fits and len(batch) < self.max_batch_size:
+                    batch.append(r)
+                    adapters.update([r.adapter] if r.adapter is not None else [])
+                else:
+                    rest.append(r)
             self._pending = rest
             self.stats.queue_depth(len(rest))
             return batch
@@ -293,7 +336,7 @@ class Engine:
             return None
         return head
 
-    def _prefix_kv(self, adapter: str | None, prefix: list[int], rows: int) -> Any:
+    def _prefix_kv(self, model: Any, adapter: str | None, prefix: list[int], rows: int) -> Any:
         """A fresh copy of the prefix's KV cache for `rows` rows; computed (one forward pass) on a miss."""
         import torch
         from transformers import DynamicCache
@@ -309,7 +352,7 @@ class Engine:
             self.stats.prefix_lookup(False, len(prefix))
             cached = DynamicCache()
             x = torch.tensor([prefix], dtype=torch.long, device=self.device)
-            self.model(input_ids=x, attention_mask=torch.ones_like(x), past_key_values=cached, use_cache=True)
+            model(input_ids=x, attention_mask=torch.ones_like(x), past_key_values=cached, use_cache=True)
             self._prefixes[key] = cached
             while len(self._prefixes) > self.prefix_cache_size:
                 self._prefixes.popitem(last=False)
@@ -341,22 +384,40 @@ class Engine:
                         r.emit(Event("error", error=e))
 
     def _run(self, batch: list[GenRequest]) -> None:
+        for n in dict.fromkeys(r.adapter for r in batch if r.adapter is not None):
+            self._ensure_loaded(n)
+        for group in self._sub_batches(batch):
+            self._run_group(group)
+
+    def _sub_batches(self, batch: list[GenRequest]) -> list[list[GenRequest]]:
+        """One sub-batch per merged DoRA adapter (it runs on its own model copy), one for base and LoRA requests.
+
+        The batcher already keeps DoRA requests apart; this keeps answers right even when it could not
+        (an adapter re-registered as DoRA while its requests were queued).
+        """
+        groups: dict[str | None, list[GenRequest]] = {}
+        for r in batch:
+            groups.setdefault(r.adapter if r.adapter in self._merged else None, []).append(r)
+        return list(groups.values())
+
+    def _run_group(self, batch: list[GenRequest]) -> None:
         import torch
         from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
 
         names = [r.adapter for r in batch]
-        for n in dict.fromkeys(n for n in names if n is not None):
-            self._ensure_loaded(n)
         distinct = set(names)
         kwargs: dict[str, Any] = {}
         ctx: Any = contextlib.nullcontext()
-        if len(distinct) > 1:
+        model = self.model
+        if names[0] in self._merged:  # a merged DoRA adapter: the plain forward of its own copy
+            model = self._merged[names[0]]
+        elif len(distinct) > 1:
             kwargs["adapter_names"] = [n if n is not None else BASE for n in names]
         elif names[0] is not None:
-            self.model.set_adapter(names[0])
-        elif hasattr(self.model, "disable_adapter"):
-            ctx = self.model.disable_adapter()
+            model.set_adapter(names[0])
+        elif hasattr(model, "disable_adapter"):
+            ctx = model.disable_adapter()
         self.batches_run += 1
         self.stats.batch(len(batch), len(distinct))
 
@@ -417,8 +478,8 @@ class Engine:
             gen_kwargs["logits_processor"] = LogitsProcessorList([Grammar()])
         with torch.inference_mode(), ctx:
             if p:
-                gen_kwargs["past_key_values"] = self._prefix_kv(names[0], prefix, len(batch))
-            self.model.generate(
+                gen_kwargs["past_key_values"] = self._prefix_kv(model, names[0], prefix, len(batch))
+            model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention.to(self.device),
                 max_new_tokens=max(r.max_tokens for r in batch),
@@ -491,6 +552,13 @@ class Engine:
         self.stats.finished(r, len(r.ids), seconds)
         r.emit(Event("done", finish_reason=reason, prompt_tokens=len(r.prompt_ids),
                      completion_tokens=len(r.ids)))
+
+
+def _uses_dora(path: Path) -> bool:
+    import json
+
+    cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    return bool(cfg.get("use_dora"))
 
 
 class ContextLengthError(TailorError):

@@ -3,6 +3,9 @@
 Each check has an action per alias: `log` records the hit (metrics + request log), `redact` replaces
 personal data with the data stage's placeholders (same Presidio setup as training, so the model sees
 the same `<EMAIL>` tags it was trained on), `block` refuses with an OpenAI-style error.
+
+Every input check runs even after one has decided to block, so all hits are recorded, and a refused text
+comes back with its personal data redacted: the request log must not keep what the guard refused.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llmtailor.errors import TailorError
 from llmtailor.serve.config import GuardrailConfig
 
 # Phrasings common to prompt-injection and jailbreak attempts (lower-cased text, whitespace collapsed).
@@ -33,11 +37,18 @@ INJECTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 
 @dataclass
 class Verdict:
-    """The (possibly redacted) texts, what was found, and the reason if the request must be refused."""
+    """The texts to pass on (redacted for `redact`; for `block`, the redacted texts to log), what was found,
+    and the reason if the request must be refused (the first check that blocked)."""
 
     texts: list[str]
     hits: list[dict[str, Any]] = field(default_factory=list)
     blocked: str | None = None
+
+    def hit(self, check: str, action: str, found: Any, reason: str) -> None:
+        """Record a hit; a blocking action refuses (the first reason is kept)."""
+        self.hits.append({"check": check, "action": action, "found": found})
+        if action == "block" and self.blocked is None:
+            self.blocked = reason
 
 
 def injection_hits(text: str) -> list[str]:
@@ -58,32 +69,15 @@ def _pii(texts: list[str], pii_cfg: Any) -> tuple[list[str], dict[str, int]]:
 
 
 def check_input(texts: list[str], cfg: GuardrailConfig, pii_cfg: Any) -> Verdict:
-    """Check the user-supplied texts of a request (system prompts from the alias are not checked)."""
+    """Check the caller's texts (every turn it sent; an alias's own system prompt is the operator's, not checked)."""
     v = Verdict(list(texts))
     joined = "\n".join(texts)
-    if cfg.injection != "off":
-        found = injection_hits(joined)
-        if found:
-            v.hits.append({"check": "injection", "action": cfg.injection, "found": found})
-            if cfg.injection == "block":
-                v.blocked = "the request looks like a prompt-injection or jailbreak attempt"
-                return v
-    if cfg.deny_topics:
-        found = topic_hits(joined, cfg.deny_topics)
-        if found:
-            v.hits.append({"check": "deny_topic", "action": cfg.deny_action, "found": found})
-            if cfg.deny_action == "block":
-                v.blocked = "the request is about a topic this assistant does not discuss"
-                return v
+    if cfg.injection != "off" and (found := injection_hits(joined)):
+        v.hit("injection", cfg.injection, found, "the request looks like a prompt-injection or jailbreak attempt")
+    if cfg.deny_topics and (found := topic_hits(joined, cfg.deny_topics)):
+        v.hit("deny_topic", cfg.deny_action, found, "the request is about a topic this assistant does not discuss")
     if cfg.input_pii != "off":
-        redacted, counts = _pii(v.texts, pii_cfg)
-        if counts:
-            v.hits.append({"check": "input_pii", "action": cfg.input_pii, "found": counts})
-            if cfg.input_pii == "block":
-                v.blocked = "the request contains personal data (" + ", ".join(sorted(counts)) + ")"
-                return v
-            if cfg.input_pii == "redact":
-                v.texts = redacted
+        _check_pii(v, "input_pii", cfg.input_pii, pii_cfg, "the request contains personal data")
     return v
 
 
@@ -91,21 +85,22 @@ def check_output(text: str, cfg: GuardrailConfig, pii_cfg: Any, schema: dict | N
     """Check a finished answer: personal data and, when asked, JSON validity against the schema."""
     v = Verdict([text])
     if cfg.output_pii != "off":
-        redacted, counts = _pii([text], pii_cfg)
-        if counts:
-            v.hits.append({"check": "output_pii", "action": cfg.output_pii, "found": counts})
-            if cfg.output_pii == "block":
-                v.blocked = "the answer contained personal data and was withheld"
-                return v
-            if cfg.output_pii == "redact":
-                v.texts = redacted
-    if cfg.output_json != "off":
-        problem = json_problem(v.texts[0], schema)
-        if problem:
-            v.hits.append({"check": "output_json", "action": cfg.output_json, "found": problem})
-            if cfg.output_json == "block":
-                v.blocked = f"the answer failed the JSON check ({problem})"
+        _check_pii(v, "output_pii", cfg.output_pii, pii_cfg, "the answer contained personal data")
+        if v.blocked:
+            return v
+    if cfg.output_json != "off" and (problem := json_problem(v.texts[0], schema)):
+        v.hit("output_json", cfg.output_json, problem, f"the answer failed the JSON check ({problem})")
     return v
+
+
+def _check_pii(v: Verdict, check: str, action: str, pii_cfg: Any, reason: str) -> None:
+    """Presidio over the verdict's texts; `redact` and `block` keep the redacted texts (`log` keeps them as sent)."""
+    redacted, counts = _pii(v.texts, pii_cfg)
+    if not counts:
+        return
+    v.hit(check, action, counts, f"{reason} ({', '.join(sorted(counts))})")
+    if action in ("redact", "block"):
+        v.texts = redacted
 
 
 def json_problem(text: str, schema: dict | None) -> str | None:
@@ -125,6 +120,17 @@ def json_problem(text: str, schema: dict | None) -> str | None:
 
 
 def load_schema(path: Path | None) -> dict | None:
+    """The alias's `json_schema`, checked at startup: a bad schema must not turn every answer into a 500."""
     if path is None:
         return None
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        schema = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise TailorError(f"guardrails.json_schema: cannot read {path}: {e}") from e
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise TailorError(f"guardrails.json_schema: {path} is not a valid JSON Schema: {e.message}") from e
+    return schema

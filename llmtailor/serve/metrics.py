@@ -50,6 +50,10 @@ class Metrics(EngineStats):
         self._hits = 0
         self.rate_limited = Counter("llmtailor_rate_limited", "Requests refused by the per-key rate limit.",
                                     registry=r)
+        self.route = Counter("llmtailor_route_decisions", "Routing alias decisions: which target, and why (rule-N, "
+                             "classifier, default).", ["alias", "target", "reason"], registry=r)
+        self.shadow = Counter("llmtailor_shadow_requests", "Shadow copies by outcome (ok, error, dropped).",
+                              ["stage", "adapter", "outcome"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -96,6 +100,12 @@ class Metrics(EngineStats):
 
     def hit(self, model: str, check: str, action: str, n: int = 1) -> None:
         self.guardrail.labels(model, check, action).inc(n)
+
+    def routed(self, alias: str, target: str, reason: str) -> None:
+        self.route.labels(alias, target, reason).inc()
+
+    def shadow_outcome(self, stage: str, adapter: str, outcome: str) -> None:
+        self.shadow.labels(stage, adapter, outcome).inc()
 
 
 def parse(text: str) -> dict[str, Any]:

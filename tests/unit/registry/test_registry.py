@@ -172,3 +172,100 @@ def test_cli_keys_promote_rollback_lineage(cfg, tmp_path):
     r = runner.invoke(app, ["keys", "revoke", "key-1", *c])
     assert r.exit_code == 0 and Registry.for_config(cfg).find_key(secret) is None
     assert runner.invoke(app, ["registry", "ls", *c]).exit_code == 0
+
+
+def test_shadow_beside_production_kept_by_canary_cleared_by_promote_and_rollback(cfg):
+    reg = Registry.for_config(cfg)
+    for name in ("v1", "v2", "v3"):
+        hooks.sync_run(reg, fake_run(cfg.runs_dir, name, True))
+    hooks.sync_run(reg, fake_run(cfg.runs_dir, "bad", False))
+    with pytest.raises(TailorError, match="no production deployment to shadow"):
+        reg.promote("v2", "production", shadow=True)
+    reg.promote("v1", "production")
+    with pytest.raises(TailorError, match="'missing' is not registered"):
+        reg.promote("missing", "production", shadow=True)
+    with pytest.raises(TailorError, match="failed its evaluation gates"):
+        reg.promote("bad", "production", shadow=True)
+    with pytest.raises(TailorError, match="already answers production"):
+        reg.promote("v1", "production", shadow=True)
+    with pytest.raises(TailorError, match="cannot be combined"):
+        reg.promote("v2", "production", shadow=True, canary=10)
+    row = reg.promote("v2", "production", shadow=True, note="try v2 on real traffic")
+    assert (row["action"], row["adapter_id"], row["shadow_adapter_id"]) == ("shadow", "ad-v1", "ad-v2")
+    cur = reg.current("production")
+    assert (cur.adapter_id, cur.shadow_adapter_id) == ("ad-v1", "ad-v2")
+    assert cur.shadow_path == str(cfg.runs_dir / "v2" / "adapter")
+    reg.promote("v3", "production", canary=10)  # a canary keeps the shadow
+    cur = reg.current("production")
+    assert (cur.canary_adapter_id, cur.shadow_adapter_id) == ("ad-v3", "ad-v2")
+    reg.rollback("production")  # back to the shadow row's state, but a rollback never keeps a shadow
+    cur = reg.current("production")
+    assert (cur.adapter_id, cur.canary_adapter_id, cur.shadow_adapter_id) == ("ad-v1", None, None)
+    reg.promote("v2", "production", shadow=True)
+    reg.promote("v3", "production")  # a plain promotion replaces the shadow
+    assert reg.current("production").shadow_adapter_id is None
+    assert [c["summary"] for c in reg.lineage("ad-v2") if c["kind"] == "deployment"][0] == \
+        "shadow production: shadow ad-v2 beside ad-v1"
+
+
+def test_shadow_report_pairs_agreement_and_latency(cfg):
+    from llmtailor.registry.shadow import shadow_report
+
+    reg = Registry.for_config(cfg)
+    common = {"key_id": 1, "tenant": "acme", "model": "live", "prompt_tokens": 3, "completion_tokens": 2,
+              "guardrails": [], "prompt": "q"}
+    for i, (user, shadow, status) in enumerate([("yes", " yes", 200), ("yes", "no", 200), ("a", None, 500)]):
+        reg.log_request(id=f"r{i}", adapter_id="ad-v1", status=200, latency_ms=100.0 + i, answer=user, **common)
+        reg.log_request(id=f"r{i}-shadow", adapter_id="ad-v2", status=status, latency_ms=50.0, answer=shadow,
+                        shadow_of=f"r{i}", stage="production", **common)
+    assert [r["id"] for r in reg.requests()] == ["r0", "r1", "r2"]  # shadow rows are not user traffic
+    assert len(reg.requests(shadow=True)) == 3
+    report = shadow_report(reg, stage="production")
+    (s,) = report["summaries"]
+    assert (s["shadow_adapter"], s["requests"], s["compared"], s["agreement"], s["shadow_errors"]) == \
+        ("ad-v2", 3, 2, 0.5, 1)
+    assert s["user_latency"] == {"mean_ms": 101.0, "p50_ms": 101.0} and s["shadow_latency"]["p50_ms"] == 50.0
+    assert [p["same"] for p in report["pairs"]] == [True, False, None]
+    assert shadow_report(reg, stage="staging")["summaries"] == []
+
+
+def test_older_database_gets_the_new_columns(tmp_path):
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE requests (id VARCHAR(64) PRIMARY KEY, created DATETIME, key_id INTEGER, "
+                "tenant VARCHAR(128), model TEXT NOT NULL, adapter_id TEXT, status INTEGER NOT NULL, "
+                "latency_ms FLOAT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
+                "guardrails JSON NOT NULL, prompt TEXT, answer TEXT)")
+    con.execute("INSERT INTO requests VALUES ('old', '2025-01-01 00:00:00', 1, 'acme', 'm', NULL, 200, 1.0, 1, 1, "
+                "'[]', NULL, NULL)")
+    con.commit()
+    con.close()
+    reg = Registry(f"sqlite:///{db}")
+    reg.log_request(id="new", model="m", status=200, latency_ms=1.0, prompt_tokens=1, completion_tokens=1,
+                    guardrails=[], routed_to="big")
+    assert [(r["id"], r["shadow_of"], r["routed_to"]) for r in reg.requests()] == [("old", None, None),
+                                                                                    ("new", None, "big")]
+
+
+def test_cli_promote_shadow_and_shadow_report(cfg, tmp_path):
+    from llmtailor.cli.main import app
+
+    cfg_file = tmp_path / "tailor.yaml"
+    cfg_file.write_text(cfg.to_yaml())
+    fake_run(cfg.runs_dir, "r1", True)
+    fake_run(cfg.runs_dir, "r2", True)
+    runner = CliRunner()
+    c = ["-c", str(cfg_file)]
+    assert runner.invoke(app, ["promote", "r1", *c]).exit_code == 0
+    missing = runner.invoke(app, ["promote", "nope", "--shadow", *c])
+    assert missing.exit_code == 1 and "'nope' is not registered" in str(missing.exception)
+    r = runner.invoke(app, ["promote", "r2", "--shadow", "--json", *c])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["shadow_adapter_id"] == "ad-r2"
+    r = runner.invoke(app, ["registry", "ls", "--kind", "deployment", "--json", *c])
+    assert [d["shadow_adapter_id"] for d in json.loads(r.stdout)["items"]] == [None, "ad-r2"]
+    assert runner.invoke(app, ["registry", "ls", "--kind", "deployment", *c]).exit_code == 0
+    r = runner.invoke(app, ["registry", "shadow", "--json", *c])
+    assert r.exit_code == 0 and json.loads(r.stdout)["summaries"] == []
+    assert "no shadow answers" in runner.invoke(app, ["registry", "shadow", *c]).output
+    assert json.loads(runner.invoke(app, ["rollback", "--json", *c]).stdout)["shadow_adapter_id"] is None
