@@ -6,9 +6,18 @@ and left-padded so that short prompts don't pay for long ones.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from llmtailor.chat import render_prompt
+
+
+@dataclass
+class Generation:
+    """One answer, and whether it used the whole token budget without ending its turn (i.e. was cut off)."""
+
+    text: str
+    hit_limit: bool
 
 
 def generate(
@@ -22,6 +31,23 @@ def generate(
     description: str = "Generating",
 ) -> list[str]:
     """Greedy answers, one per conversation, in input order."""
+    return [g.text for g in generate_detailed(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
+                                              batch_size=batch_size, show_progress=show_progress,
+                                              description=description)]
+
+
+def generate_detailed(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict]],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    show_progress: bool = False,
+    description: str = "Generating",
+) -> list[Generation]:
+    """`generate`, plus per answer whether it was cut off: counted on the generated ids, because the decoded text
+    hides budget spent on whitespace or special tokens that re-tokenising the answer cannot see."""
     import torch
 
     if not conversations:
@@ -29,7 +55,7 @@ def generate(
     prompts = [render_prompt(tokenizer, c) for c in conversations]
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    outputs: list[str] = [""] * len(encoded)
+    outputs: list[Generation] = [Generation("", False)] * len(encoded)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
 
@@ -65,7 +91,9 @@ def generate(
                     eos_token_id=tokenizer.eos_token_id,
                 )
             for row, i in enumerate(idx):
-                outputs[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+                new = out[row, width:]
+                cut = len(new) >= max_new_tokens and tokenizer.eos_token_id not in new.tolist()
+                outputs[i] = Generation(tokenizer.decode(new, skip_special_tokens=True).strip(), cut)
             if progress is not None:
                 progress.advance(task, len(idx))
     finally:

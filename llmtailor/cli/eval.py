@@ -14,7 +14,8 @@ app = typer.Typer(no_args_is_help=False, invoke_without_command=True)
 GATE_EXIT = 3  # distinct from 1 (bad input) so CI can tell "model not good enough" from "eval broken"
 SHOWN = ["accuracy", "macro_f1", "json_compliance", "field_accuracy_mean", "exact_match", "token_f1", "rouge_l",
          "bleu", "faithfulness", "answer_relevance", "context_precision", "context_recall", "citation_correctness",
-         "unscorable_rate", "truncated_rate", "eval_loss", "perplexity", "answer_length_tokens", "examples_per_s"]
+         "cite_rate", "abstain_rate", "unscorable_rate", "truncated_rate", "eval_loss", "perplexity",
+         "answer_length_tokens", "examples_per_s"]
 
 
 def print_metrics(variants: dict[str, dict], ladder: dict | None = None) -> None:

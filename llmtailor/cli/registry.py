@@ -78,7 +78,7 @@ def sync(config: Path = CONFIG) -> None:
     for run in list_runs(cfg.runs_dir):
         sync_run(reg, run)
         n += 1
-    console.print(f"[green]synced[/] {n} runs into {reg.url}")
+    console.print(f"[green]synced[/] {n} runs into {reg.display_url}")
 
 
 @app.command("shadow")

@@ -42,7 +42,7 @@ def serve(
         app = create_app(cfg, registry=registry)
     h, p = host or cfg.serve.host, port if port is not None else cfg.serve.port
     console.print(f"[green]serving[/] {app.state.server.base_name} on http://{h}:{p}/v1 "
-                  f"(aliases: {', '.join(cfg.serve.aliases) or 'none'}; registry {registry.url})")
+                  f"(aliases: {', '.join(cfg.serve.aliases) or 'none'}; registry {registry.display_url})")
     uvicorn.run(app, host=h, port=p, log_level="warning")
 
 

@@ -103,11 +103,17 @@ class Models:
 
     def generate(self, mode: str, convs: list[list[dict]], max_new_tokens: int, show_progress: bool,
                  description: str) -> list[str]:
-        from llmtailor.generate import generate
+        return [g.text for g in self.generate_detailed(mode, convs, max_new_tokens, show_progress, description)]
+
+    def generate_detailed(self, mode: str, convs: list[list[dict]], max_new_tokens: int, show_progress: bool,
+                          description: str) -> list[Any]:
+        """Answers with whether each one was cut off by max_new_tokens (llmtailor.generate.Generation)."""
+        from llmtailor.generate import generate_detailed
 
         with self.use(mode) as m:
-            return generate(m, self.tok, convs, max_new_tokens=max_new_tokens, batch_size=self.cfg.eval.batch_size,
-                            show_progress=show_progress, description=description)
+            return generate_detailed(m, self.tok, convs, max_new_tokens=max_new_tokens,
+                                     batch_size=self.cfg.eval.batch_size, show_progress=show_progress,
+                                     description=description)
 
 
 def _field_mean(row: dict) -> float | None:
@@ -231,15 +237,51 @@ def vs_best(scored: dict[str, dict], headline: str, cfg: Any) -> dict:
     return out
 
 
-def _truncated(tok: Any, outs: list[str], max_new_tokens: int) -> list[bool]:
-    """Answers that used the whole token budget (approximately: re-tokenised length), i.e. were likely cut off."""
-    return [len(tok(o, add_special_tokens=False)["input_ids"]) >= max_new_tokens - 1 for o in outs]
+def _answers(cfg: TailorConfig, models: Models, v: Any,
+             show_progress: bool) -> tuple[list[str], list[bool], list[bool]]:
+    """The variant's answers, which rows the model produced, and which of those hit max_new_tokens. RAG rows with
+    nothing relevant get the configured no_answer without generating, as `tailor rag ask` does."""
+    from llmtailor.generate import Generation
+
+    asked = [v.asks(i) for i in range(len(v.prompts))]
+    todo = [p for p, a in zip(v.prompts, asked, strict=True) if a]
+    got = iter(models.generate_detailed(v.model, todo, cfg.eval.max_new_tokens, show_progress,
+                                        f"{v.name:>12} answers") if todo else [])
+    no_answer = Generation(cfg.rag.answer.no_answer if v.rag else "", False)
+    gens = [next(got) if a else no_answer for a in asked]
+    return [g.text for g in gens], asked, [g.hit_limit for g in gens]
+
+
+def _add_citations(cfg: TailorConfig, found: list, outs: list[str], asked: list[bool], scored: dict) -> None:
+    """Per row: the [n] markers mapped to passages (`RagAssistant.finish`), invalid ones, abstentions; counts."""
+    from llmtailor.rag.answer import to_answer
+
+    n_invalid = n_cited = 0
+    for r, f, text, a in zip(scored["per_example"], found, outs, asked, strict=True):
+        ans = to_answer(f, text if a else None, cfg.rag.answer.no_answer)
+        r["cited"] = [c.number for c in ans.citations]
+        r["invalid_citations"] = ans.invalid_citations
+        r["abstained"] = not a
+        n_cited += bool(ans.citations)
+        n_invalid += bool(ans.invalid_citations)
+    agg = scored["aggregate"]
+    agg["abstained"] = sum(not a for a in asked)
+    agg["abstain_rate"] = agg["abstained"] / len(asked) if asked else 0.0
+    agg["cite_rate"] = n_cited / len(asked) if asked else 0.0
+    agg["invalid_citation_rows"] = n_invalid
+
+
+def passage_rows(found: Any) -> list[dict]:
+    """The numbered passages a RAG prompt showed, with their source, for examples.jsonl and the report."""
+    return [{"number": c.number, "source": c.source, "title": c.title, "page": c.page, "section": c.heading_path,
+             "score": round(c.score, 4), "similarity": None if c.similarity is None else round(c.similarity, 4),
+             "text": h.chunk.text[:600]} for c, h in zip(found.passages, found.hits, strict=True)]
 
 
 def score_variant(outs: list[str], refs: list[str | None], questions: list[str], schema: dict | None,
                   metrics: list[str], task: str, labels: list[str], contexts: list[list[str]] | None,
-                  truncated: list[bool]) -> dict:
-    """Aggregate and per-row scores of one variant's answers."""
+                  truncated: list[bool], abstained: list[bool] | None = None) -> dict:
+    """Aggregate and per-row scores of one variant's answers (grounding too when passages were retrieved)."""
     from llmtailor.eval.grounding import grounding_scores
     from llmtailor.eval.labels import label_metrics
     from llmtailor.eval.metrics import score_examples
@@ -254,7 +296,7 @@ def score_variant(outs: list[str], refs: list[str | None], questions: list[str],
         for r, lr in zip(per, lrows, strict=True):
             r.update(lr)
     if contexts is not None:
-        gagg, grows = grounding_scores(outs, questions, contexts, refs)
+        gagg, grows = grounding_scores(outs, questions, contexts, refs, abstained)
         agg.update(gagg)
         for r, g in zip(per, grows, strict=True):
             r.update(g)
@@ -327,7 +369,7 @@ def evaluate(
 
     outputs: dict[str, list[str]] = {}
     scored: dict[str, dict] = {}
-    contexts: dict[str, list[list[str]]] = {}
+    retrieved: list | None = None  # shared by every RAG variant: retrieval depends on the question only
     results: dict[str, Any] = {
         "status": "partial",
         "task": task,
@@ -353,22 +395,27 @@ def evaluate(
             ex = {"id": row.get("id", i), "prompt": questions[i], "reference": ref,
                   "outputs": {n: outputs[n][i] for n in outputs},
                   "scores": {n: scored[n]["per_example"][i] for n in scored}}
-            if contexts:
-                ex["contexts"] = {n: [c[:400] for c in contexts[n][i]] for n in contexts}
+            if retrieved is not None:
+                ex["passages"] = passage_rows(retrieved[i])
             examples.append(ex)
         write_jsonl(out_dir / "examples.jsonl", examples)
 
     for v in variants:
         t0 = time.perf_counter()
-        outs = models.generate(v.model, v.prompts, cfg.eval.max_new_tokens, show_progress, f"{v.name:>12} answers")
+        outs, asked, trunc = _answers(cfg, models, v, show_progress)
         gen_s = time.perf_counter() - t0
-        trunc = _truncated(models.tok, outs, cfg.eval.max_new_tokens)
-        s = score_variant(outs, refs, questions, schema, metrics, task, labels, v.contexts, trunc)
+        s = score_variant(outs, refs, questions, schema, metrics, task, labels, v.contexts, trunc,
+                          None if v.retrieved is None else [not a for a in asked])
+        if v.retrieved is not None:
+            _add_citations(cfg, v.retrieved, outs, asked, s)
+            retrieved = v.retrieved
         agg = s["aggregate"]
         if "loss" in metrics:
-            # Loss of the reference answer given this variant's own prompt (few-shot / RAG context included).
+            # Loss of the reference answer given this variant's own prompt (few-shot / RAG context included);
+            # RAG rows answered "I don't know" without the model have no prompt to score.
             loss_rows = [{"messages": [*p, {"role": "assistant", "content": r}]}
-                         for p, r in zip(v.prompts, refs, strict=True) if isinstance(r, str) and r.strip()]
+                         for p, r, a in zip(v.prompts, refs, asked, strict=True) if a and isinstance(r, str)
+                         and r.strip()]
             limit = max_len if not (v.fewshot or v.rag) else max_len * (cfg.eval.fewshot_k + 4)
             if loss_rows:
                 with models.use(v.model) as m:
@@ -381,8 +428,6 @@ def evaluate(
             say(f"[yellow]{v.name}: {agg['truncated']} answer(s) hit max_new_tokens={cfg.eval.max_new_tokens}[/] "
                 "(likely cut off; raise eval.max_new_tokens)")
         outputs[v.name], scored[v.name] = outs, s
-        if v.contexts is not None:
-            contexts[v.name] = v.contexts
         results["variants"][v.name] = agg
         results["timings_s"][v.name] = round(time.perf_counter() - t0, 2)
         write_json(out_dir / "results.json", results)  # partial results survive a crash in a later variant
@@ -499,5 +544,9 @@ def _judge(cfg: TailorConfig, judge: Any, questions: list[str], refs: list, outp
                 if name == cand:
                     gate_values[k] = s[k]
     total_ok = sum(s["n_judged"] for s in per_variant.values())
-    return {"status": "ok" if total_ok else "failed", "reference": reference, "variants": per_variant,
-            "judge": jc.base_url or jc.model, "log": str(log), "gate_values": gate_values}
+    out = {"status": "ok" if total_ok else "failed", "reference": reference, "variants": per_variant,
+           "judge": jc.base_url or jc.model, "log": str(log), "gate_values": gate_values}
+    if not total_ok:  # the report and gates say why, not just "failed"
+        first = next((s["failures"][0]["error"] for s in per_variant.values() if s["failures"]), None)
+        out["reason"] = f"every judgement failed: {first}" if first else "no variant to compare with the reference"
+    return out

@@ -32,7 +32,7 @@ LADDER_METRICS = {
     "exact_match", "token_f1", "rouge_l", "bleu", "json_parse_rate", "json_compliance", "json_extra_text_rate",
     "field_accuracy", "field_accuracy_mean", "accuracy", "macro_f1", "unscorable_rate", "truncated_rate",
     "answer_length_tokens", "eval_loss", "perplexity", "examples_per_s", "generation_s", "faithfulness",
-    "answer_relevance", "context_precision", "context_recall", "citation_correctness",
+    "answer_relevance", "context_precision", "context_recall", "citation_correctness", "abstain_rate", "cite_rate",
 }
 _VARIANT = re.compile(r"^(base|tuned)(_(fewshot|rag))*$")
 

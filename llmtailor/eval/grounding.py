@@ -12,7 +12,9 @@ Method (lexical support, documented in docs/eval.md):
 * citation_correctness = cited sentences ([n]) whose cited passage supports them / cited sentences.
 
 A row that cannot be scored (empty answer, no passages, no reference, no citation) is left out of that metric
-and counted under `grounding_unscorable`; an aggregate with no scorable row is None, never NaN.
+and counted under `grounding_unscorable`; an aggregate with no scorable row is None, never NaN. A row where the
+assistant abstained ("I don't know" without asking the model) has no answer to check: only the retrieval metrics
+(context precision and recall) score it.
 """
 
 from __future__ import annotations
@@ -67,9 +69,12 @@ def supported(sentence: str, passages: Sequence[str]) -> bool:
     return any(support(sentence, p) >= SUPPORT for p in passages)
 
 
-def grounding_row(answer: str, question: str, passages: Sequence[str], reference: str | None) -> dict:
+def grounding_row(answer: str, question: str, passages: Sequence[str], reference: str | None,
+                  abstained: bool = False) -> dict:
     """Per-row grounding scores; a metric that does not apply to the row is absent."""
     row: dict = {}
+    if abstained:
+        answer = ""
     claims = sentences(answer)
     if claims and passages:
         row["faithfulness"] = sum(supported(c, passages) for c in claims) / len(claims)
@@ -101,10 +106,13 @@ GROUNDING_METRICS = ("faithfulness", "answer_relevance", "context_precision", "c
 
 
 def grounding_scores(
-    answers: Sequence[str], questions: Sequence[str], contexts: Sequence[Sequence[str]], refs: Sequence[str | None]
+    answers: Sequence[str], questions: Sequence[str], contexts: Sequence[Sequence[str]], refs: Sequence[str | None],
+    abstained: Sequence[bool] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Aggregate means plus per-row dicts; `grounding_unscorable` counts rows each metric could not score."""
-    rows = [grounding_row(a, q, c, r) for a, q, c, r in zip(answers, questions, contexts, refs, strict=True)]
+    flags = abstained if abstained is not None else [False] * len(answers)
+    rows = [grounding_row(a, q, c, r, x)
+            for a, q, c, r, x in zip(answers, questions, contexts, refs, flags, strict=True)]
     agg: dict = {}
     unscorable: dict[str, int] = {}
     for m in GROUNDING_METRICS:

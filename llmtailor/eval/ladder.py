@@ -2,8 +2,10 @@
 
 Every variant answers the same held-out rows. They differ only in the weights (base: adapter switched off, tuned:
 adapter on) and in the prompt: few-shot variants put k solved examples from the *train* split before the question,
-RAG variants append the retrieved passages to the system prompt. Few-shot examples are picked deterministically
-(seeded shuffle, then preferring examples whose answers differ) and never from the held-out rows.
+RAG variants ask exactly as `tailor rag ask` does (`RagAssistant.retrieve`: the answer system prompt, numbered
+passages with their sources and the question in the user turn; "I don't know" without generating when the best
+passage is under `rag.answer.min_score`). Few-shot examples are picked deterministically (seeded shuffle, then
+preferring examples whose answers differ) and never from the held-out rows.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from llmtailor.eval.labels import label_key
 
 if TYPE_CHECKING:
     from llmtailor.config import TailorConfig
-
-RAG_HEADER = "Use these reference passages when they are relevant:"
+    from llmtailor.rag.answer import Retrieved
 
 
 @dataclass
@@ -31,7 +32,16 @@ class Variant:
     fewshot: bool
     rag: bool
     prompts: list[list[dict]] = field(default_factory=list)
-    contexts: list[list[str]] | None = None  # retrieved passage texts per row (RAG variants)
+    retrieved: list[Retrieved] | None = None  # per row, RAG variants: passages, and no prompt when nothing relevant
+
+    @property
+    def contexts(self) -> list[list[str]] | None:
+        """Retrieved passage texts per row (what grounding is scored against)."""
+        return None if self.retrieved is None else [[h.chunk.text for h in r.hits] for r in self.retrieved]
+
+    def asks(self, i: int) -> bool:
+        """Whether row i goes to the model (a RAG row with nothing relevant gets `no_answer` instead)."""
+        return self.retrieved is None or self.retrieved[i].known
 
 
 def index_ready(cfg: TailorConfig) -> tuple[bool, str]:
@@ -99,34 +109,36 @@ def fewshot_prompt(prompt: list[dict], shots: list[dict]) -> list[dict]:
     return system + pairs + rest
 
 
-def rag_prompt(prompt: list[dict], passages: list[str]) -> list[dict]:
-    """The task's own system prompt plus numbered passages; the question stays the user turn."""
-    block = "\n\n".join(f"[{i}] {p.strip()}" for i, p in enumerate(passages, start=1))
-    system = [m for m in prompt if m["role"] == "system"]
-    rest = [m for m in prompt if m["role"] != "system"]
-    text = (system[0]["content"] + "\n\n" if system else "") + f"{RAG_HEADER}\n\n{block}"
-    return [{"role": "system", "content": text}, *rest]
+def rag_prompt(prompt: list[dict], shots: list[dict], found: Retrieved, system_prompt: str) -> list[dict]:
+    """`tailor rag ask`'s messages for the row's question; few-shot pairs and the row's earlier turns go between
+    the system turn and the final user turn (which holds the passages)."""
+    from llmtailor.rag.answer import build_messages
+
+    messages = found.messages or build_messages(found.question, found.hits, system_prompt)
+    history = [m for m in prompt if m["role"] != "system"][:-1]
+    return [messages[0], *fewshot_prompt([], shots), *history, *messages[1:]]
 
 
-def retrieve_all(cfg: TailorConfig, questions: list[str], top_k: int) -> list[list[str]]:
-    """Passages for each question through the RAG stage's retriever (public caller: no tenant, no groups)."""
+def retrieve_all(cfg: TailorConfig, questions: list[str]) -> list[Retrieved]:
+    """`RagAssistant.retrieve` for each question (the public caller: no tenant, no groups, level public)."""
+    from llmtailor.rag.answer import RagAssistant, Retrieved
     from llmtailor.rag.search import Retriever
 
     ok, where = index_ready(cfg)
     if not ok:
         raise RuntimeError(where)
-    retriever = Retriever.open(where, cfg.rag, base_dir=cfg.base_dir)
+
+    def loader() -> tuple[Any, Any]:  # only used when rag.search.rewrite asks the model for extra queries
+        from llmtailor.models import load_model
+
+        return load_model(cfg.model)
+
+    assistant = RagAssistant(Retriever.open(where, cfg.rag, base_dir=cfg.base_dir), cfg.rag.answer, loader=loader,
+                             search_cfg_rewrite_n=cfg.rag.search.rewrite_queries)
     try:
-        out = []
-        for q in questions:
-            if not q.strip():
-                out.append([])
-                continue
-            result = retriever.search(q, top_k=top_k)
-            out.append([h.chunk.text for h in result.hits[:top_k]])
-        return out
+        return [assistant.retrieve(q) if q.strip() else Retrieved(q, [], [], None, None) for q in questions]
     finally:
-        retriever.close()
+        assistant.close()
 
 
 def build_variants(
@@ -142,34 +154,44 @@ def build_variants(
     variants: list[Variant] = []
     skipped: dict[str, str] = {}
     shots = pick_fewshot(train_rows, cfg.eval.fewshot_k, cfg.eval.seed) if any("fewshot" in n for n in names) else []
-    contexts: list[list[str]] | None = None
+    found: list[Retrieved] | None = None
     rag_problem: str | None = None
     if any("rag" in parse_variant(n)[1] for n in names):
-        ok, where = index_ready(cfg)
-        if not ok:
-            rag_problem = where
-        else:
-            try:
-                top_k = cfg.rag.answer.max_context_chunks
-                contexts = (retrieve or retrieve_all)(cfg, questions, top_k)
-            except Exception as e:  # noqa: BLE001 - retrieval trouble skips the RAG rungs, the rest still runs
-                rag_problem = f"retrieval failed: {e}"
+        found, rag_problem = _retrieve(cfg, questions, retrieve, say)
     for name in names:
         model, flags = parse_variant(name)
         if "fewshot" in flags and not shots:
             skipped[name] = "no train rows to draw few-shot examples from"
             say(f"[yellow]skipping {name}[/]: {skipped[name]}")
             continue
-        if "rag" in flags and contexts is None:
+        if "rag" in flags and found is None:
             skipped[name] = f"RAG not available: {rag_problem}"
             say(f"[yellow]skipping {name}[/]: {skipped[name]}")
             continue
         v = Variant(name, model, "fewshot" in flags, "rag" in flags)
         for i, p in enumerate(prompts):
-            q = fewshot_prompt(p, shots) if v.fewshot else list(p)
             if v.rag:
-                q = rag_prompt(q, contexts[i])
-            v.prompts.append(q)
-        v.contexts = contexts if v.rag else None
+                v.prompts.append(rag_prompt(p, shots if v.fewshot else [], found[i], cfg.rag.answer.system_prompt))
+            else:
+                v.prompts.append(fewshot_prompt(p, shots) if v.fewshot else list(p))
+        v.retrieved = found if v.rag else None
         variants.append(v)
     return variants, skipped, shots
+
+
+def _retrieve(cfg: TailorConfig, questions: list[str], retrieve: Any, say: Any) -> tuple[list | None, str | None]:
+    """Retrieval for every row, or (None, why) so the RAG rungs are skipped and the rest still runs."""
+    ok, where = index_ready(cfg)
+    if not ok:
+        return None, where
+    try:
+        found = (retrieve or retrieve_all)(cfg, questions)
+    except Exception as e:  # noqa: BLE001 - retrieval trouble skips the RAG rungs, the rest still runs
+        return None, f"retrieval failed: {e}"
+    if not any(r.hits for r in found):
+        say("[yellow]RAG: no passage retrieved for any held-out row[/] (documents ingested with --tenant, groups or "
+            "an access level above public are invisible to the public caller the evaluation uses)")
+    elif not any(r.known for r in found):
+        say(f"[yellow]RAG: every row scored under rag.answer.min_score={cfg.rag.answer.min_score}[/]: "
+            "all RAG answers are the configured no_answer")
+    return found, None

@@ -443,6 +443,7 @@ def _rag_badges(scores: dict) -> list[dict]:
 
 
 def _badges(scores: dict) -> tuple[str, list[dict]]:
+    """Row class (pass / partial / fail) and badges; "hit max tokens" and grounding show on failures too."""
     em, valid = scores.get("exact_match"), scores.get("json_valid")
     badges = []
     if _num(em) is not None:
@@ -454,12 +455,12 @@ def _badges(scores: dict) -> tuple[str, list[dict]]:
     lab = _num(scores.get("label_correct"))
     if lab is not None:
         badges.append({"text": f"label {scores.get('label_pred')}", "cls": "ok" if lab >= 1 else "bad"})
-        if lab < 1:
-            return "fail", badges
     if scores.get("truncated"):
         badges.append({"text": "hit max tokens", "cls": "warn"})
     badges += _rag_badges(scores)
-    if _num(em) is not None and em >= 1:
+    if lab is not None and lab < 1:
+        cls = "fail"
+    elif _num(em) is not None and em >= 1:
         cls = "pass"
     elif valid is True:
         cls = "partial"

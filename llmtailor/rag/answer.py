@@ -1,6 +1,7 @@
 """Answers with citations: retrieve, number the passages, render through the training prompt renderer, generate.
 
-`RagAssistant.ask` is the one function both `tailor rag ask` and the server call. When the best
+`RagAssistant.ask` is the one function both `tailor rag ask` and the server call; the evaluation ladder uses its
+two halves (`retrieve`, then `finish` on the batched generations) so it scores the same prompts. When the best
 passage scores under `answer.min_score` the model is not asked at all: the assistant says it does
 not know instead of guessing from unrelated text.
 """
@@ -64,6 +65,23 @@ class Answer:
         d = asdict(self)
         d["timings_ms"] = {k: round(v, 1) for k, v in d.pop("timings").items()}
         return d
+
+
+@dataclass
+class Retrieved:
+    """What `ask` has before the model call; `messages` is None when nothing relevant was found."""
+
+    question: str
+    hits: list[Hit]
+    passages: list[Citation]
+    best_score: float | None
+    messages: list[dict[str, str]] | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def known(self) -> bool:
+        """Whether the model is asked at all (the best passage reached `answer.min_score`)."""
+        return self.messages is not None
 
 
 def passage_header(n: int, hit: Hit) -> str:
@@ -182,9 +200,10 @@ class RagAssistant:
                 out.append(line)
         return out[: self.rewrite_n]
 
-    def ask(self, question: str, *, caller: Caller | None = None, where: str | None = None, mode: str | None = None,
-            top_k: int | None = None) -> Answer:
-        """Retrieve what `caller` may see, answer from it with [n] citations, or say it does not know."""
+    def retrieve(self, question: str, *, caller: Caller | None = None, where: str | None = None,
+                 mode: str | None = None, top_k: int | None = None) -> Retrieved:
+        """`ask` up to the model call: the passages `caller` may see and the prompt, or no prompt when nothing
+        relevant was found (the evaluation ladder batches the generation itself, so it stops here)."""
         t0 = time.perf_counter()
         k = top_k or self.cfg.max_context_chunks
         result = self.retriever.search(question, caller=caller, where=where, mode=mode, top_k=k,
@@ -194,20 +213,39 @@ class RagAssistant:
         scores = [s for s in (relevance(h) for h in hits) if s is not None]
         best = max(scores) if scores else None
         passages = [_citation(i, h) for i, h in enumerate(hits, start=1)]
-        if not hits or best is None or best < self.cfg.min_score:
-            timings["total_ms"] = (time.perf_counter() - t0) * 1000
-            return Answer(question, self.cfg.no_answer, False, [], passages, [], best, None, timings)
-        messages = build_messages(question, hits, self.cfg.system_prompt)
+        known = bool(hits) and best is not None and best >= self.cfg.min_score
+        messages = build_messages(question, hits, self.cfg.system_prompt) if known else None
+        return Retrieved(question, hits, passages, best, messages, timings)
+
+    def finish(self, found: Retrieved, text: str | None, prompt: str | None = None) -> Answer:
+        """The Answer for generated `text` (None: not asked, the configured "I don't know")."""
+        return to_answer(found, text, self.cfg.no_answer, prompt)
+
+    def ask(self, question: str, *, caller: Caller | None = None, where: str | None = None, mode: str | None = None,
+            top_k: int | None = None) -> Answer:
+        """Retrieve what `caller` may see, answer from it with [n] citations, or say it does not know."""
+        t0 = time.perf_counter()
+        found = self.retrieve(question, caller=caller, where=where, mode=mode, top_k=top_k)
+        if found.messages is None:
+            found.timings["total_ms"] = (time.perf_counter() - t0) * 1000
+            return self.finish(found, None)
         t1 = time.perf_counter()
         model, tok = self._generator()
-        prompt = render_prompt(tok, messages)
-        text = self._generate(messages, self.cfg.max_new_tokens)
-        timings["generate_ms"] = (time.perf_counter() - t1) * 1000
-        numbers = cited_numbers(text)
-        cited = [passages[n - 1] for n in numbers if 1 <= n <= len(passages)]
-        invalid = [n for n in numbers if not 1 <= n <= len(passages)]
-        timings["total_ms"] = (time.perf_counter() - t0) * 1000
-        return Answer(question, text, True, cited, passages, invalid, best, prompt, timings)
+        prompt = render_prompt(tok, found.messages)
+        text = self._generate(found.messages, self.cfg.max_new_tokens)
+        found.timings["generate_ms"] = (time.perf_counter() - t1) * 1000
+        found.timings["total_ms"] = (time.perf_counter() - t0) * 1000
+        return self.finish(found, text, prompt)
+
+
+def to_answer(found: Retrieved, text: str | None, no_answer: str, prompt: str | None = None) -> Answer:
+    """Map the [n] markers of `text` to the numbered passages; those matching no passage are kept as invalid."""
+    if text is None:
+        return Answer(found.question, no_answer, False, [], found.passages, [], found.best_score, None, found.timings)
+    numbers = cited_numbers(text)
+    cited = [found.passages[n - 1] for n in numbers if 1 <= n <= len(found.passages)]
+    invalid = [n for n in numbers if not 1 <= n <= len(found.passages)]
+    return Answer(found.question, text, True, cited, found.passages, invalid, found.best_score, prompt, found.timings)
 
 
 def ask(question: str, index: str | Path, *, config: Path | None = None, caller: Caller | None = None,

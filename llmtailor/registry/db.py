@@ -6,6 +6,8 @@ runs, `ad-<run>` adapters, `ix-<hash>` indexes, `ev-<n>` evaluations, `dep-<n>` 
 Deployments are append-only: the current state of a stage is its newest row, so every promotion, canary,
 shadow, forced promotion and rollback stays in the history. Columns added after a database was created are
 added on open (`_add_missing_columns`), so an older registry.db keeps working.
+The PostgreSQL path (psycopg 3, `pip install 'llmtailor[postgres]'`) runs the same tests on a real server; a
+plain `postgresql://` or `postgres://` URL is read as `postgresql+psycopg://`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column
 
 from llmtailor.errors import TailorError
@@ -242,6 +245,8 @@ class Registry:
     """One database; every method opens a short session so the server and CLI can share the file."""
 
     def __init__(self, url: str, *, timeout: float = 10.0):
+        """`timeout` (seconds) bounds waiting for a lock (both backends) and for a PostgreSQL connection."""
+        url = normalize_url(url)
         self.url = url
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
@@ -249,17 +254,34 @@ class Registry:
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": timeout}
+        elif url.startswith("postgresql"):
+            # Without a connect timeout a down server would hang `tailor` and the server's request logging (the
+            # lock timeout is set per connection below); pre-ping replaces pooled connections a server restart
+            # closed instead of failing one request with them.
+            kwargs["connect_args"] = {"connect_timeout": max(1, round(timeout))}
+            kwargs["pool_pre_ping"] = True
         try:
             self.engine = create_engine(url, **kwargs)
-        except (SQLAlchemyError, ImportError, ValueError) as e:
-            raise TailorError(f"registry {url}: cannot open ({e})") from None
+        except ImportError as e:
+            hint = " (pip install 'llmtailor[postgres]')" if url.startswith("postgresql") else ""
+            raise TailorError(f"registry {safe_url(url)}: database driver missing: {e}{hint}") from None
+        except (SQLAlchemyError, ValueError) as e:
+            raise TailorError(f"registry {safe_url(url)}: cannot open ({e})") from None
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        elif url.startswith("postgresql"):
+            event.listen(self.engine, "connect", _pg_lock_timeout(timeout))
         try:
             Base.metadata.create_all(self.engine)
             _add_missing_columns(self.engine)
         except SQLAlchemyError as e:
+            self.engine.dispose()
             raise registry_error(url, e) from None
+
+    @property
+    def display_url(self) -> str:
+        """Where the registry is, safe to print or log (password masked)."""
+        return safe_url(self.url)
 
     @classmethod
     def for_config(cls, cfg: Any) -> Registry:
@@ -596,17 +618,25 @@ def _shadow_row(prev: Deployment | None, stage: str, aid: str, *, forced: bool, 
 
 
 def _add_missing_columns(engine: Any) -> None:
-    """Add columns newer than the database file (nullable ones only), so an older registry keeps working."""
+    """Add columns (nullable ones only) and indexes newer than the database, so an older registry keeps working.
+
+    Names are quoted by the dialect and types compiled for it, so the same upgrade runs on SQLite and PostgreSQL.
+    """
     insp = inspect(engine)
+    prep = engine.dialect.identifier_preparer
     for table in Base.metadata.sorted_tables:
         have = {c["name"] for c in insp.get_columns(table.name)}
         missing = [c for c in table.columns if c.name not in have and c.nullable]
-        if not missing:
+        indexes = {i["name"] for i in insp.get_indexes(table.name)}
+        new_indexes = [i for i in table.indexes if i.name not in indexes]
+        if not missing and not new_indexes:
             continue
         with engine.begin() as conn:
             for col in missing:
                 kind = col.type.compile(dialect=engine.dialect)
-                conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{col.name}" {kind}'))
+                conn.execute(text(f"ALTER TABLE {prep.format_table(table)} ADD COLUMN {prep.quote(col.name)} {kind}"))
+            for index in new_indexes:
+                index.create(conn, checkfirst=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -615,19 +645,67 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def normalize_url(url: str) -> str:
+    """`postgres://` (Heroku, many PaaS) and driverless `postgresql://` mean psycopg 3, the driver the extra installs.
+
+    SQLAlchemy 2.0 would otherwise look for psycopg2, and it rejects `postgres://` outright.
+    """
+    for plain in ("postgres://", "postgresql://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+def safe_url(url: str) -> str:
+    """The URL as it may be printed: a SQLite file's path, or a server URL with the password masked."""
+    if url.startswith("sqlite"):
+        return url.split("///", 1)[-1]
+    try:
+        parsed: URL = make_url(url)
+    except ArgumentError:
+        return url.split("@")[-1]
+    return parsed.render_as_string(hide_password=True)
+
+
+def _pg_lock_timeout(timeout: float) -> Any:
+    """PostgreSQL waits for a lock forever by default; SQLite gives up after its busy timeout. Match SQLite.
+
+    Set with SET (not a startup `options` parameter, which PgBouncer refuses) and committed, so the pool's
+    rollback on checkin does not undo it.
+    """
+    ms = max(1, int(timeout * 1000))
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET lock_timeout = {ms}")
+        dbapi_conn.commit()
+
+    return on_connect
+
+
 def registry_error(url: str, e: Exception) -> TailorError:
-    """A registry failure a user can act on: locked, corrupt, unreachable."""
-    text = str(getattr(e, "orig", e))
-    where = url.split("///", 1)[-1] if url.startswith("sqlite") else url.split("@")[-1]
-    if "locked" in text:
+    """A registry failure a user can act on: locked, corrupt (SQLite), unreachable (server), never the password."""
+    text = str(getattr(e, "orig", e)).strip()
+    where = safe_url(url)
+    server = not url.startswith("sqlite")
+    if "locked" in text or "lock timeout" in text:  # SQLite's busy timeout, PostgreSQL's lock_timeout
         return TailorError(f"registry {where}: database is locked by another process; retry, or stop the other "
                            "writer")
-    if isinstance(e, DatabaseError) and ("not a database" in text or "malformed" in text):
+    if not server and isinstance(e, DatabaseError) and ("not a database" in text or "malformed" in text):
         return TailorError(f"registry {where}: file is corrupt ({text}); move it aside and re-register with "
                            "`tailor registry sync`")
+    if server and isinstance(e, OperationalError) and _connect_failure(text):
+        return TailorError(f"registry at {where} unreachable: {' '.join(text.split())}")
     if isinstance(e, OperationalError):
         return TailorError(f"registry {where}: {text}")
     return TailorError(f"registry {where}: {type(e).__name__}: {text}")
+
+
+def _connect_failure(text: str) -> bool:
+    """True when the message is psycopg's for a connection that never opened (down, wrong host, auth, no db)."""
+    return any(m in text for m in ("connection failed", "failed to resolve host", "Connection refused",
+                                   "timeout expired", "could not translate host name", "does not exist",
+                                   "authentication failed", "server closed the connection"))
 
 
 def _public_id(kind: str, raw: Any) -> str:

@@ -188,3 +188,12 @@ def test_report_with_three_variants(tmp_path):
     assert "Δ tuned − base" in html and "Δ merged − base" in html
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
     assert not re.search(r"\bnan\b", text, re.I)  # NaN renders as a dash
+
+
+def test_ranking_shows_ties_as_equal_not_as_an_order():
+    from llmtailor.eval.report import ranking_text
+
+    assert ranking_text(["tuned", "base", "base_fewshot"], {"tuned": 0.8, "base": 0.0, "base_fewshot": 0.0}) == \
+        "tuned > base = base_fewshot"
+    assert ranking_text(["a", "b"], {"a": 0.5, "b": 0.4}) == "a > b"
+    assert ranking_text(["a", "b"], {"a": 0.5, "b": None}) == "a > b"

@@ -61,6 +61,7 @@ def test_ladder_runs_every_variant_on_the_same_rows(run_dir, models_factory):
     for part in ("Adaptation ladder", "Confusion matrix", "ex-table", "FAIL", "Skipped base_rag", "paired bootstrap"):
         assert part in html, part
     assert "<script src" not in html and "http://" not in html.split("<footer>")[0].replace("http://www.w3", "")
+    assert "base = base_fewshot = tuned" in html  # every variant scored 0 accuracy: a tie, not an order
 
 
 def test_regression_and_redteam_run_base_and_tuned(run_dir, models_factory):

@@ -1,5 +1,7 @@
-"""The registry on a real SQLite file: lineage, gated promotion, canary, rollback, keys, and failures that name
-their cause (locked, corrupt) without failing the pipeline stage that calls the hooks."""
+"""The registry on a real SQLite file and on a real PostgreSQL server (tests parametrised over both, see
+conftest.py): lineage, gated promotion, canary, rollback, shadow, keys, request log, older-database upgrade, and
+failures that name their cause (locked, corrupt, unreachable) without failing the pipeline stage that calls the
+hooks."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import json
 import sqlite3
 
 import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from llmtailor.config import TailorConfig
@@ -33,11 +37,25 @@ def fake_run(runs, run_id: str, gates: bool | None, dataset: str = "abc123"):
     return d
 
 
-@pytest.fixture()
-def cfg(tmp_path):
-    raw = {"project": "acme", "runs_dir": str(tmp_path / "runs"),
-           "registry": {"url": f"sqlite:///{tmp_path / 'reg.db'}"}}
+def make_cfg(tmp_path, url: str) -> TailorConfig:
+    raw = {"project": "acme", "runs_dir": str(tmp_path / "runs"), "registry": {"url": url}}
     return TailorConfig.model_validate(raw)
+
+
+@pytest.fixture()
+def cfg(tmp_path, registry_url):
+    """A project whose registry is a SQLite file or a fresh PostgreSQL database (the test runs for both)."""
+    return make_cfg(tmp_path, registry_url)
+
+
+def raw_rows(url: str, sql: str) -> list[tuple]:
+    """Rows read past the registry code, straight from the database."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as con:
+            return [tuple(r) for r in con.execute(text(sql))]
+    finally:
+        engine.dispose()
 
 
 def test_hooks_record_lineage_from_dataset_to_deployment(cfg, tmp_path):
@@ -104,9 +122,11 @@ def test_canary_and_repeated_rollback(cfg):
 def test_keys_are_stored_hashed_and_revocable(cfg, tmp_path):
     reg = Registry.for_config(cfg)
     kid, secret = reg.create_key("acme", ["hr"], ["support-bot"], level=1, rate_limit=5)
-    raw = sqlite3.connect(tmp_path / "reg.db").execute("SELECT key_hash, prefix FROM api_keys").fetchall()
-    assert raw == [(hash_key(secret), secret[:10])]
-    assert secret not in (tmp_path / "reg.db").read_bytes().decode("latin-1")
+    assert raw_rows(cfg.registry.url, "SELECT key_hash, prefix FROM api_keys") == [(hash_key(secret), secret[:10])]
+    if cfg.registry.url.startswith("sqlite"):
+        assert secret not in (tmp_path / "reg.db").read_bytes().decode("latin-1")
+    else:  # every column of the row, as text
+        assert secret not in str(raw_rows(cfg.registry.url, "SELECT api_keys::text FROM api_keys"))
     info = reg.find_key(secret)
     assert (info.tenant, info.groups, info.models, info.level, info.rate_limit) == ("acme", ("hr",),
                                                                                     ("support-bot",), 1, 5)
@@ -118,7 +138,8 @@ def test_keys_are_stored_hashed_and_revocable(cfg, tmp_path):
         reg.create_key(" ", [], ["*"])
 
 
-def test_corrupt_and_locked_registry_fail_clearly_but_hooks_only_warn(cfg, tmp_path, capsys):
+def test_corrupt_and_locked_registry_fail_clearly_but_hooks_only_warn(tmp_path, capsys):
+    cfg = make_cfg(tmp_path, f"sqlite:///{tmp_path / 'reg.db'}")
     db = tmp_path / "reg.db"
     db.write_bytes(b"this is not a sqlite database at all" * 100)
     with pytest.raises(TailorError, match="corrupt"):
@@ -171,7 +192,12 @@ def test_cli_keys_promote_rollback_lineage(cfg, tmp_path):
     assert chain[3]["summary"] == "gates FAILED" and chain[4]["summary"].endswith("(forced)")
     r = runner.invoke(app, ["keys", "revoke", "key-1", *c])
     assert r.exit_code == 0 and Registry.for_config(cfg).find_key(secret) is None
-    assert runner.invoke(app, ["registry", "ls", *c]).exit_code == 0
+    r = runner.invoke(app, ["registry", "ls", *c])
+    assert r.exit_code == 0 and "ad-r2" in r.output
+    r = runner.invoke(app, ["registry", "sync", *c])  # prints where the registry is, never its password
+    assert r.exit_code == 0 and "synced" in r.output
+    password = make_url(cfg.registry.url).password
+    assert password is None or password not in r.output
 
 
 def test_shadow_beside_production_kept_by_canary_cleared_by_promote_and_rollback(cfg):
@@ -229,22 +255,62 @@ def test_shadow_report_pairs_agreement_and_latency(cfg):
     assert shadow_report(reg, stage="staging")["summaries"] == []
 
 
-def test_older_database_gets_the_new_columns(tmp_path):
-    db = tmp_path / "old.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE requests (id VARCHAR(64) PRIMARY KEY, created DATETIME, key_id INTEGER, "
-                "tenant VARCHAR(128), model TEXT NOT NULL, adapter_id TEXT, status INTEGER NOT NULL, "
-                "latency_ms FLOAT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
-                "guardrails JSON NOT NULL, prompt TEXT, answer TEXT)")
-    con.execute("INSERT INTO requests VALUES ('old', '2025-01-01 00:00:00', 1, 'acme', 'm', NULL, 200, 1.0, 1, 1, "
-                "'[]', NULL, NULL)")
-    con.commit()
-    con.close()
-    reg = Registry(f"sqlite:///{db}")
+def test_older_database_gets_the_new_columns(registry_url):
+    engine = create_engine(registry_url)  # the request log as it was before shadow_of, stage and routed_to
+    with engine.begin() as con:
+        con.execute(text("CREATE TABLE requests (id VARCHAR(64) PRIMARY KEY, created TIMESTAMP, key_id INTEGER, "
+                         "tenant VARCHAR(128), model TEXT NOT NULL, adapter_id TEXT, status INTEGER NOT NULL, "
+                         "latency_ms FLOAT NOT NULL, prompt_tokens INTEGER NOT NULL, "
+                         "completion_tokens INTEGER NOT NULL, guardrails JSON NOT NULL, prompt TEXT, answer TEXT)"))
+        con.execute(text("INSERT INTO requests VALUES ('old', '2025-01-01 00:00:00', 1, 'acme', 'm', NULL, 200, 1.0, "
+                         "1, 1, '[]', NULL, NULL)"))
+    engine.dispose()
+    reg = Registry(registry_url)
     reg.log_request(id="new", model="m", status=200, latency_ms=1.0, prompt_tokens=1, completion_tokens=1,
                     guardrails=[], routed_to="big")
     assert [(r["id"], r["shadow_of"], r["routed_to"]) for r in reg.requests()] == [("old", None, None),
                                                                                     ("new", None, "big")]
+    assert "ix_requests_shadow_of" in {i["name"] for i in inspect(reg.engine).get_indexes("requests")}
+    reg.close()
+    Registry(registry_url).close()  # opening an up-to-date database again changes nothing
+
+
+def test_postgres_unreachable_and_locked_fail_clearly_without_the_password(pg_cluster, tmp_path, capsys):
+    url = pg_cluster.database()
+    password = make_url(url).password
+    down = make_url(url).set(port=_unused_port())
+    down_url = down.render_as_string(hide_password=False)
+    with pytest.raises(TailorError) as err:
+        Registry(down_url, timeout=2)
+    msg = str(err.value)
+    assert msg.startswith(f"registry at postgresql+psycopg://tailor:***@127.0.0.1:{down.port}/")
+    assert "unreachable" in msg and "Connection refused" in msg and password not in msg
+    with pytest.raises(TailorError, match=r'unreachable: .*database "nope" does not exist'):
+        Registry(make_url(url).set(database="nope").render_as_string(hide_password=False))
+    cfg = make_cfg(tmp_path, down_url)
+    assert hooks.record_training(cfg, fake_run(cfg.runs_dir, "r1", True)) is None  # the stage goes on
+    err_out = capsys.readouterr().err
+    assert "could not record run r1" in err_out and password not in err_out
+    # A driverless URL is read as psycopg 3 and reaches the same server.
+    reg = Registry(url.replace("postgresql+psycopg://", "postgresql://"), timeout=0.3)
+    assert reg.display_url == url.replace(password, "***")
+    import psycopg
+
+    with psycopg.connect(pg_cluster.admin_conninfo().replace("dbname=postgres", f"dbname={make_url(url).database}")) \
+            as lock:
+        lock.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")  # held until the block's transaction ends
+        with pytest.raises(TailorError, match="locked by another process"):
+            reg.create_key("acme", [], ["*"])
+    assert reg.create_key("acme", [], ["*"])[0] == 1
+    reg.close()
+
+
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_cli_promote_shadow_and_shadow_report(cfg, tmp_path):
