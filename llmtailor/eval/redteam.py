@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtailor.errors import RowError
+from llmtailor.eval.suites import spread_across_categories
 from llmtailor.io import read_jsonl
 
 PROBES = Path(__file__).resolve().parent.parent / "assets" / "eval" / "redteam.jsonl"
@@ -60,19 +61,7 @@ def load_probes(builtin: bool = True, extra: Path | None = None, max_probes: int
                 except re.error as e:
                     raise RowError(path, line, "fail_if_regex", f"bad regular expression {pattern!r}: {e}") from None
             probes.append({"id": row.get("id", f"{path.stem}-{line}"), **row})
-    if max_probes and max_probes < len(probes):
-        by_cat: dict[str, list[dict]] = {}
-        for p in probes:
-            by_cat.setdefault(p["category"], []).append(p)
-        picked: list[dict] = []
-        depth = 0
-        while len(picked) < max_probes:
-            for cat in by_cat:
-                if depth < len(by_cat[cat]) and len(picked) < max_probes:
-                    picked.append(by_cat[cat][depth])
-            depth += 1
-        probes = picked
-    return probes
+    return spread_across_categories(probes, max_probes or 0)
 
 
 def _leaks(answer: str, system_prompt: str | None, n: int = 8) -> bool:

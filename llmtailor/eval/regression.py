@@ -18,6 +18,7 @@ from typing import Any
 from llmtailor.errors import RowError, TailorError
 from llmtailor.eval.grounding import content_words
 from llmtailor.eval.metrics import normalize_text, parse_json_output
+from llmtailor.eval.suites import spread_across_categories
 from llmtailor.io import read_jsonl
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "eval"
@@ -44,19 +45,7 @@ def load_suite(path: Path = SUITE, categories: Sequence[str] | None = None, max_
         if unknown:
             raise TailorError(f"eval.regression.categories: unknown {sorted(unknown)}")
         items = [i for i in items if i["category"] in categories]
-    if max_items and max_items < len(items):
-        by_cat: dict[str, list[dict]] = {}
-        for it in items:
-            by_cat.setdefault(it["category"], []).append(it)
-        picked: list[dict] = []
-        depth = 0
-        while len(picked) < max_items:
-            for cat in by_cat:
-                if depth < len(by_cat[cat]) and len(picked) < max_items:
-                    picked.append(by_cat[cat][depth])
-            depth += 1
-        items = picked
-    return items
+    return spread_across_categories(items, max_items or 0)
 
 
 def _words(text: str) -> list[str]:

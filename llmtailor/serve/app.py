@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmtailor.chat import prompt_ids, render_prompt
 from llmtailor.errors import TailorError
-from llmtailor.serve.config import AliasConfig, GuardrailConfig
+from llmtailor.serve.config import AliasConfig, GuardrailConfig, served_base_name
 from llmtailor.serve.engine import ContextLengthError, Engine, GenRequest
 from llmtailor.serve.guardrails import check_input, check_output, load_schema
 from llmtailor.serve.metrics import Metrics
@@ -229,7 +229,7 @@ class Server:
         self.metrics = metrics
         self._embedder = embedder
         self.limiter = RateLimiter()
-        self.base_name = self.serve.base_name or _short_name(cfg.model.base_model)
+        self.base_name = served_base_name(cfg.model.base_model, self.serve.base_name)
         self.deployments: dict[str, Any] = {}
         self.deployments_loaded = False
         self._retrievers: dict[str, Any] = {}
@@ -482,11 +482,6 @@ def chat_prefix_len(tokenizer: Any, messages: list[dict[str, str]], ids: list[in
     while n and ids[:n] != head[:n]:
         n -= 1
     return n
-
-
-def _short_name(base_model: str) -> str:
-    p = Path(base_model)
-    return p.name if ("/" in base_model or "\\" in base_model) else base_model
 
 
 def _abs(path: Path | None, base: Path) -> Path | None:

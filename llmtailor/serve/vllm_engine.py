@@ -108,9 +108,9 @@ def _guarded(g: Any) -> bool:
 
 
 def _base_name(cfg: Any) -> str:
-    from llmtailor.serve.app import _short_name
+    from llmtailor.serve.config import served_base_name
 
-    return cfg.serve.base_name or _short_name(cfg.model.base_model)
+    return served_base_name(cfg.model.base_model, cfg.serve.base_name)
 
 
 def plan_vllm(cfg: Any, registry: Any = None, *, host: str | None = None, port: int | None = None,

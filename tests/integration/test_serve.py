@@ -6,10 +6,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -24,7 +22,7 @@ def tailor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.unit.serve.conftest import free_port
+    from tests.unit.serve.conftest import free_port, wait_healthy
 
     root = tmp_path_factory.mktemp("serve-int")
     (root / "tailor.yaml").write_text(
@@ -38,17 +36,7 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "llmtailor.cli.main", "serve", "--port", str(port)], cwd=root,
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise AssertionError("server did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
-        time.sleep(0.5)
+    wait_healthy(proc, url, timeout=180)
     yield url, key
     proc.terminate()
     proc.wait(timeout=30)

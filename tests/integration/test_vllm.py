@@ -9,7 +9,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,13 @@ def _cuda() -> bool:
 def test_vllm_serves_base_and_adapter(tmp_path: Path):
     if not _cuda():
         pytest.skip("vLLM needs a CUDA GPU; none on this machine")
-    import httpx
     import openai
     import torch
     from peft import LoraConfig, get_peft_model
 
     from llmtailor.config import load_config
     from llmtailor.models import load_model
-    from tests.unit.serve.conftest import free_port
+    from tests.unit.serve.conftest import free_port, wait_healthy
 
     (tmp_path / "tailor.yaml").write_text("project: acme\nserve:\n  require_api_key: false\n  aliases:\n"
                                           "    tuned:\n      adapter: adapter\n")
@@ -51,16 +49,7 @@ def test_vllm_serves_base_and_adapter(tmp_path: Path):
                             text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 600
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise AssertionError("vLLM did not start")
-            time.sleep(2)
+        wait_healthy(proc, url, timeout=600, poll=2)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
         names = {m.id for m in client.models.list().data}
         assert {"smollm2-135m-instruct", "tuned"} <= names

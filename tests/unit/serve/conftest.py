@@ -137,6 +137,23 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def wait_healthy(proc, url: str, timeout: float, poll: float = 0.5) -> None:
+    """Block until a server subprocess answers GET /health, failing with its output if it dies or never does."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise AssertionError("server did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
+        time.sleep(poll)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
