@@ -38,7 +38,13 @@ class ModelConfig(BaseModel):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when present.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on CUDA (when supported), float32 on CPU."
+        "auto", description="Weight storage dtype. auto: follows precision (bfloat16 where precision resolves to "
+        "bf16 for inference or on CUDA, float32 for CPU training with autocast)."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Compute precision of evaluation and generation (and of training unless "
+        "train.precision is set). auto: bf16 where the CPU has native BF16 instructions (AVX-512 BF16, AMX) or "
+        "the GPU supports it, else fp32. bf16 where the hardware lacks it is an error, not a silent fallback."
     )
 
 

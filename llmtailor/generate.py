@@ -6,6 +6,7 @@ and left-padded so that short prompts don't pay for long ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +46,15 @@ def generate_detailed(
     batch_size: int = 8,
     show_progress: bool = False,
     description: str = "Generating",
+    constraint: Callable[[], Any] | None = None,
 ) -> list[Generation]:
     """`generate`, plus per answer whether it was cut off: counted on the generated ids, because the decoded text
-    hides budget spent on whitespace or special tokens that re-tokenising the answer cannot see."""
+    hides budget spent on whitespace or special tokens that re-tokenising the answer cannot see.
+
+    `constraint`, when given, makes a fresh grammar matcher (serve.structured.Constraint) per answer: every row is
+    decoded under it, the way the server enforces `response_format`. Its stop ids must be the tokenizer's eos (what
+    generation stops on here), or a finished document would run on unconstrained.
+    """
     import torch
 
     if not conversations:
@@ -81,6 +88,14 @@ def generate_detailed(
                 ids = encoded[i]
                 input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 attention[row, width - len(ids) :] = 1
+            extra: dict[str, Any] = {}
+            if constraint is not None:
+                from transformers import LogitsProcessorList
+
+                from llmtailor.serve.structured import batch_logits_processor
+
+                extra["logits_processor"] = LogitsProcessorList(
+                    [batch_logits_processor([constraint() for _ in idx], width, max_new_tokens)])
             with torch.inference_mode():
                 out = model.generate(
                     input_ids=input_ids.to(device),
@@ -89,6 +104,7 @@ def generate_detailed(
                     do_sample=False,
                     pad_token_id=pad_id,
                     eos_token_id=tokenizer.eos_token_id,
+                    **extra,
                 )
             for row, i in enumerate(idx):
                 new = out[row, width:]

@@ -186,5 +186,19 @@ def load_model(
         model.to(choice.device)
     if not for_training:
         model.eval()
+        infer = inference_precision(cfg, choice)
+        # On CPU the weights are stored in fp32 (training needs them so); for inference they are cast once to bf16
+        # where the CPU computes bf16 natively, which is cheaper than autocasting every weight at every token.
+        if infer.bf16 and choice.device == "cpu" and cfg.dtype == "auto":
+            model.to(torch.bfloat16)
+        model.llmtailor_precision = infer  # read by `tailor eval` for run.json
     torch.manual_seed(0)
     return model, tok
+
+
+def inference_precision(cfg: ModelConfig, choice: DeviceChoice | None = None) -> Any:
+    """`model.precision` resolved for evaluation and generation (the same rule training uses)."""
+    from llmtailor.precision import choose_precision
+
+    choice = choice or choose_device(cfg)
+    return choose_precision(cfg.precision, choice.device, setting="model.precision")

@@ -10,7 +10,7 @@ from llmtailor.cli.output import console, emit_json
 
 
 def advise(config: Path = CONFIG, run: str = RUN, json_out: bool = JSON) -> None:
-    """Recommend a variant from the run's eval/results.json (no model is loaded)."""
+    """Recommend a variant from the run's eval/results.json (no model is loaded); the verdict comes first."""
     from llmtailor.config import load_config
     from llmtailor.errors import TailorError
     from llmtailor.eval.advise import advise as make_advice
@@ -42,7 +42,8 @@ def advise(config: Path = CONFIG, run: str = RUN, json_out: bool = JSON) -> None
         return
     if results.get("status") == "partial":
         console.print("[yellow]note[/]: this evaluation did not finish; advice uses the variants it completed")
-    for line in advice["lines"]:
-        console.print(line, highlight=False, soft_wrap=True)
+    style = {"block": "bold red", "caution": "yellow"}  # the verdict and what contradicts it stand out
+    for line, level in zip(advice["lines"], advice["levels"], strict=True):
+        console.print(line, style=style.get(level), highlight=False, soft_wrap=True, markup=False)
     for w in advice["warnings"]:
         console.print(f"[bold yellow]warning[/]: {w}", highlight=False, soft_wrap=True)

@@ -70,7 +70,8 @@ def summary(card: dict[str, Any]) -> dict[str, Any]:
 
 @app.command()
 def prepare(config: Path = options.CONFIG, json_out: bool = options.JSON) -> None:
-    """Validate, fit to max_seq_len, dedup, redact PII and split data.sources into datasets/<hash>/."""
+    """Validate, fit to max_seq_len, dedup, redact PII and split data.sources (eval = data.test_sources when
+    given) into datasets/<hash>/, checking eval rows for leakage from train."""
     from llmtailor.config import load_config
     from llmtailor.data.prepare import prepare as run_prepare
     from llmtailor.models import load_tokenizer
@@ -86,6 +87,13 @@ def prepare(config: Path = options.CONFIG, json_out: bool = options.JSON) -> Non
     console.print(f"dataset {version.hash} {state}: [bold]{version.path}[/]")
     if version.card["errors_total"]:
         console.print(f"{version.card['errors_total']} rows had problems; first ones in {version.path / 'card.md'}")
+    leak = version.card.get("leakage") or {}
+    if leak.get("count"):
+        console.print(
+            f"[yellow]leakage: {leak['count']} of {leak['eval_rows']} eval rows also occur in the training data[/]; "
+            f"listed in {version.path / 'card.md'} (gate: data.leakage == 0)",
+            highlight=False,
+        )
 
 
 def _print_card(card: dict[str, Any]) -> None:
@@ -106,6 +114,12 @@ def _print_card(card: dict[str, Any]) -> None:
         table.add_row("PII replaced", found)
     table.add_row("rows kept", f"[bold]{card['rows_kept']}[/]")
     table.add_row("train / eval", f"{card['train_rows']} / {card['eval_rows']}")
+    if card.get("eval_split"):
+        table.add_row("eval split", card["eval_split"]["description"])
+    if card.get("leakage"):
+        leak = card["leakage"]
+        colour = "red" if leak["count"] else "green"
+        table.add_row("eval rows leaked from train", f"[{colour}]{leak['count']}[/] ({leak['exact']} exact)")
     t = card["token_lengths"]
     table.add_row("tokens p50 / p95 / max", f"{t['p50']:g} / {t['p95']:g} / {t['max']}")
     console.print(table)

@@ -69,6 +69,12 @@ def _gate_only(config: Path, run: str | None, json_out: bool) -> None:
     if not path.exists():
         raise TailorError(f"{path}: not found; run `tailor eval` first")
     results = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(results.get("data"), dict) or results["data"].get("status") == "skipped":
+        from llmtailor.data.leakage import dataset_leakage_results
+        from llmtailor.runs import read_run
+
+        # results.json written before the leakage check existed: read it from the run's dataset card.
+        results["data"] = dataset_leakage_results(read_run(run_dir).get("dataset_dir"))
     gates = check_gates(cfg.eval.gates, results)
     results["gates"] = {"passed": all(g["passed"] for g in gates), "results": gates}
     write_json(path, results)

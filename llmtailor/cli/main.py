@@ -77,6 +77,12 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not os.environ.get("LLMTAILOR_DEBUG"):
+        import warnings
+
+        # Libraries' deprecation notices are for their own API users, not for people running `tailor`.
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
     # A `kill` (SIGTERM) stops training the same way Ctrl-C does: the run is marked interrupted, resumable.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

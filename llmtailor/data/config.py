@@ -102,12 +102,26 @@ class DataConfig(BaseModel):
     output_dir: Path = Field(Path("datasets"), description="Dataset versions are written to output_dir/<hash>.")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Duplicate removal.")
     pii: PiiConfig = Field(default_factory=PiiConfig, description="Personal data redaction.")
-    split: SplitConfig = Field(default_factory=SplitConfig, description="Train/eval split.")
+    split: SplitConfig = Field(
+        default_factory=SplitConfig, description="Train/eval split (unused when test_sources are given)."
+    )
+    test_sources: list[SourceConfig] = Field(
+        default_factory=list,
+        description="Golden test set, never trained on: JSONL files (same items as sources) that become the eval "
+        "split as they are: validated (a bad row is an error), Alpaca rows converted, PII redacted, but never "
+        "deduplicated, length-dropped or split. When set, every curated row of `sources` goes to train.",
+    )
+    leakage: Literal["report", "drop_from_train"] = Field(
+        "report",
+        description="Eval rows that also occur in train (exact or near duplicates, by the dedup settings): report "
+        "them in the data card and eval results (gate: 'data.leakage == 0'), or also drop the matching train rows. "
+        "Eval rows are never removed.",
+    )
 
-    @field_validator("sources", mode="before")
+    @field_validator("sources", "test_sources", mode="before")
     @classmethod
     def _coerce_paths(cls, value: Any) -> Any:
-        # A bare path is the common case: `sources: [data/tickets.jsonl]`.
+        # A bare path is the common case: `sources: [data/tickets.jsonl]`, `test_sources: golden.jsonl`.
         if isinstance(value, str | Path):
             value = [value]
         if isinstance(value, list):

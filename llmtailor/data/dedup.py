@@ -7,6 +7,8 @@ occurrence of each group is kept, so source order decides which copy survives.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from llmtailor.data.config import DedupConfig
 from llmtailor.data.rows import Row, exact_key, system_text, words
@@ -43,6 +45,22 @@ def _num_bands(num_perm: int) -> int:
     return max(d for d in range(1, target + 1) if num_perm % d == 0)
 
 
+def _new_lsh(cfg: DedupConfig) -> Any:
+    from rensa import RMinHashLSH
+
+    return RMinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, num_bands=_num_bands(cfg.num_perm))
+
+
+def _signature(row: Row, cfg: DedupConfig) -> tuple[set[str], str, Any]:
+    """(word shingles, normalised system turn, MinHash): what two rows are compared on."""
+    from rensa import RMinHash
+
+    grams = shingles(words(row.messages), cfg.ngram)
+    mh = RMinHash(num_perm=cfg.num_perm, seed=MINHASH_SEED)
+    mh.update(sorted(grams))
+    return grams, system_text(row.messages), mh
+
+
 def near_dedup(
     rows: list[Row], cfg: DedupConfig, advance: Callable[[int], object] | None = None
 ) -> tuple[list[Row], int]:
@@ -51,17 +69,12 @@ def near_dedup(
     System turns are left out of the shingles (a shared system prompt would make unrelated rows look alike)
     but must match exactly for two rows to count as duplicates.
     """
-    from rensa import RMinHash, RMinHashLSH
-
-    lsh = RMinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, num_bands=_num_bands(cfg.num_perm))
+    lsh = _new_lsh(cfg)
     kept: list[Row] = []
     kept_sets: list[set[str]] = []
     kept_systems: list[str] = []
     for row in rows:
-        grams = shingles(words(row.messages), cfg.ngram)
-        system = system_text(row.messages)
-        mh = RMinHash(num_perm=cfg.num_perm, seed=MINHASH_SEED)
-        mh.update(sorted(grams))
+        grams, system, mh = _signature(row, cfg)
         duplicate = any(
             kept_systems[key] == system and jaccard(grams, kept_sets[key]) >= cfg.threshold for key in lsh.query(mh)
         )
@@ -73,3 +86,44 @@ def near_dedup(
         if advance:
             advance(1)
     return kept, len(rows) - len(kept)
+
+
+@dataclass(frozen=True)
+class Match:
+    """Query row `query` duplicates reference row `reference` (indexes into the two lists)."""
+
+    query: int
+    reference: int
+    kind: Literal["exact", "near"]
+    similarity: float
+
+
+def find_matches(reference: list[Row], queries: list[Row], cfg: DedupConfig) -> list[Match]:
+    """For each query row that duplicates some reference row, its closest match (lowest index on ties).
+
+    The tests are dedup's own (normalised text for exact, Jaccard >= threshold with an equal system turn for
+    near), so a query row is matched exactly when dedup would have dropped it as a copy of a reference row.
+    Used for train/test leakage: reference = train rows, queries = test rows.
+    """
+    exact: dict[str, int] = {}
+    for i, row in enumerate(reference):
+        exact.setdefault(exact_key(row.messages), i)
+    lsh = _new_lsh(cfg)
+    signatures: list[tuple[set[str], str]] = []
+    for i, row in enumerate(reference):
+        grams, system, mh = _signature(row, cfg)
+        lsh.insert(i, mh)
+        signatures.append((grams, system))
+    matches: list[Match] = []
+    for q, row in enumerate(queries):
+        hit = exact.get(exact_key(row.messages))
+        if hit is not None:
+            matches.append(Match(q, hit, "exact", 1.0))
+            continue
+        grams, system, mh = _signature(row, cfg)
+        candidates = [(jaccard(grams, signatures[k][0]), -k) for k in lsh.query(mh) if signatures[k][1] == system]
+        if candidates:
+            similarity, neg_k = max(candidates)
+            if similarity >= cfg.threshold:
+                matches.append(Match(q, -neg_k, "near", round(similarity, 4)))
+    return matches

@@ -1,7 +1,8 @@
-"""The data stage: read -> validate -> fit length -> dedup -> redact PII -> split -> versioned folder + card.
+"""The data stage: read -> validate -> fit length -> dedup -> redact PII -> split -> leakage -> versioned folder + card.
 
 The version hash is known right after reading, so an unchanged dataset is returned at once
-without re-running validation, dedup or the (slow) PII analysis.
+without re-running validation, dedup or the (slow) PII analysis. With `test_sources` (a golden
+test set) the eval split is those rows as given, not a random share of `sources`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from llmtailor.data.config import DataConfig
 from llmtailor.data.dedup import exact_dedup, near_dedup
+from llmtailor.data.leakage import check_leakage
 from llmtailor.data.length import truncate_to_fit
 from llmtailor.data.rows import Row
 from llmtailor.data.split import split_rows
@@ -28,6 +30,7 @@ from llmtailor.data.versions import (
 from llmtailor.errors import TailorError
 
 CARD_ERRORS = 50
+TEST_ERRORS_SHOWN = 5
 
 
 def _abs(path: Path) -> Path:
@@ -61,6 +64,8 @@ class _Stats:
         self.near_dup = 0
         self.pii: Counter[str] = Counter()
         self.pii_rows = 0
+        self.test_pii_rows = 0
+        self.leakage_dropped = 0
 
 
 def _fit(row: Row, tokenizer: Any, cfg: DataConfig, stats: _Stats) -> Row | None:
@@ -81,12 +86,51 @@ def _fit(row: Row, tokenizer: Any, cfg: DataConfig, stats: _Stats) -> Row | None
     return None
 
 
-def _hash_rows(sources: list[tuple[str, list[RawRow]]]) -> list[dict[str, Any]]:
+def _hash_rows(sources: list[tuple[str, list[RawRow]]], *, test: bool = False) -> list[dict[str, Any]]:
     """Normalised input: parsed objects (key order and spacing don't matter) or the parse error, per line."""
     return [
-        {"source": name, "rows": [[r.line, r.obj if r.obj is not None else {"unreadable": r.error}] for r in raws]}
+        {
+            "source": name,
+            **({"test": True} if test else {}),
+            "rows": [[r.line, r.obj if r.obj is not None else {"unreadable": r.error}] for r in raws],
+        }
         for name, raws in sources
     ]
+
+
+def _read_tests(cfg: DataConfig) -> tuple[list[tuple[Any, Path]], list[tuple[str, list[RawRow]]]]:
+    """Read the golden test files; an empty one is an error (a test set of nothing would pass every gate)."""
+    test_sources = [(src, _abs(src.path)) for src in cfg.test_sources]
+    test_read = [(src.label, read_raw(path)) for src, path in test_sources]
+    for (_, path), (_, raws) in zip(test_sources, test_read, strict=True):
+        if not raws:
+            raise TailorError(f"{path}: data.test_sources file has no rows; a test set needs at least one")
+    return test_sources, test_read
+
+
+def _check_tests(
+    cfg: DataConfig, tokenizer: Any, test_sources: list[tuple[Any, Path]], test_read: list[tuple[str, list[RawRow]]]
+) -> list[Row]:
+    """Validate and convert every test row; any bad row is an error, since a golden set must not shrink silently."""
+    tests: list[Row] = []
+    problems: list[RowProblem] = []
+    for (src, path), (label, raws) in zip(test_sources, test_read, strict=True):
+        for raw in raws:
+            row, found = check_row(raw, path, fmt=src.format, system_prompt=cfg.system_prompt, source=label)
+            if row is None:
+                problems += found
+                continue
+            row.tokens = token_length(tokenizer, row.messages)
+            tests.append(row)
+    if problems:
+        bad = len({(p.file, p.line) for p in problems})
+        shown = "; ".join(str(p) for p in problems[:TEST_ERRORS_SHOWN])
+        more = f" (and {len(problems) - TEST_ERRORS_SHOWN} more)" if len(problems) > TEST_ERRORS_SHOWN else ""
+        raise TailorError(
+            f"data.test_sources: {bad} invalid test row(s); a test set is never shrunk silently, fix them: "
+            f"{shown}{more}"
+        )
+    return tests
 
 
 def prepare(cfg: DataConfig, tokenizer: Any, *, show_progress: bool = True) -> DatasetVersion:
@@ -95,8 +139,9 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, show_progress: bool = True) -> D
         raise TailorError("data.sources: no data files configured; add at least one JSONL file")
     sources = [(src, _abs(src.path)) for src in cfg.sources]
     read = [(src.label, read_raw(path)) for src, path in sources]  # TailorError names a missing file
+    test_sources, test_read = _read_tests(cfg)
     tok_id = tokenizer_fingerprint(tokenizer)
-    hash_ = version_hash(_hash_rows(read), cfg, tok_id)
+    hash_ = version_hash(_hash_rows(read) + _hash_rows(test_read, test=True), cfg, tok_id)
     output_dir = _abs(cfg.output_dir)
     existing = find_version(output_dir, hash_)
     if existing is not None:
@@ -104,6 +149,7 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, show_progress: bool = True) -> D
 
     stats = _Stats()
     rows: list[Row] = []
+    tests = _check_tests(cfg, tokenizer, test_sources, test_read)  # before the slow steps: fail fast
     with _progress(show_progress) as progress:
         task = progress.add_task("validate", total=sum(len(raws) for _, raws in read))
         for (src, path), (label, raws) in zip(sources, read, strict=True):
@@ -123,17 +169,24 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, show_progress: bool = True) -> D
             task = progress.add_task("near-dedup", total=len(rows))
             rows, stats.near_dup = near_dedup(rows, cfg.dedup, lambda n: progress.advance(task, n))
 
-        if cfg.pii.enabled and rows:
+        if cfg.pii.enabled and (rows or tests):
             from llmtailor.data.redact import count_unique, redact_rows
 
             protect = frozenset([cfg.system_prompt] if cfg.system_prompt else [])
-            task = progress.add_task("redact PII", total=count_unique(rows))
+            both = rows + tests  # one pass: test rows are redacted exactly like training rows
+            task = progress.add_task("redact PII", total=count_unique(both))
             redacted, stats.pii, stats.pii_rows = redact_rows(
-                rows, cfg.pii, lambda n: progress.advance(task, n), protect=protect
+                both, cfg.pii, lambda n: progress.advance(task, n), protect=protect
             )
+            new_rows, new_tests = redacted[: len(rows)], redacted[len(rows) :]
             # A placeholder can be longer than what it replaced: re-check the rows that changed.
-            rows = [r if r is old else _fit(r, tokenizer, cfg, stats) for r, old in zip(redacted, rows, strict=True)]
+            rows = [r if r is old else _fit(r, tokenizer, cfg, stats) for r, old in zip(new_rows, rows, strict=True)]
             rows = [r for r in rows if r is not None]
+            stats.test_pii_rows = sum(r is not old for r, old in zip(new_tests, tests, strict=True))
+            for r, old in zip(new_tests, tests, strict=True):
+                if r is not old:  # measured again for the card; test rows are never dropped or cut
+                    r.tokens = token_length(tokenizer, r.messages)
+            tests = new_tests
 
         if not rows:
             first = "; ".join(str(e) for e in stats.errors[:3])
@@ -142,8 +195,25 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, show_progress: bool = True) -> D
                 f"{stats.exact_dup + stats.near_dup} duplicates" + (f" (first: {first})" if first else "")
             )
 
-        train, evals = split_rows(rows, cfg.split.eval_fraction, cfg.split.seed)
+        if test_sources:
+            train, evals = rows, tests
+        else:
+            train, evals = split_rows(rows, cfg.split.eval_fraction, cfg.split.seed)
+        task = progress.add_task("leakage", total=1)
+        kept, leakage = check_leakage(train, evals, cfg)
+        progress.advance(task)
+        if len(kept) < len(train):
+            gone = {id(r) for r in train} - {id(r) for r in kept}
+            rows = [r for r in rows if id(r) not in gone]
+            stats.leakage_dropped, train = len(gone), kept
+        if not train:
+            raise TailorError(
+                f"no training rows left: all {stats.leakage_dropped} duplicate an eval row "
+                "(data.leakage: drop_from_train); is a test source also listed in data.sources?"
+            )
         card = _card(hash_, cfg, sources, read, rows, train, evals, stats, tok_id)
+        card["eval_split"] = _eval_split(cfg, test_sources, test_read, tests, stats)
+        card["leakage"] = leakage
         task = progress.add_task("write", total=1)
         path = write_version(output_dir, hash_, [r.to_json() for r in train], [r.to_json() for r in evals], card)
         progress.advance(task)
@@ -180,6 +250,8 @@ def _card(
     # Flat {reason: rows}: the values sum to the rows dropped.
     dropped = {f"invalid: {kind}": n for kind, n in sorted(stats.invalid.items())}
     dropped.update(overlength=stats.overlength, exact_dup=stats.exact_dup, near_dup=stats.near_dup)
+    if cfg.leakage == "drop_from_train":
+        dropped["leakage"] = stats.leakage_dropped
     return {
         "hash": hash_,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -200,4 +272,34 @@ def _card(
         "config": cfg.model_dump(mode="json"),
         "errors": [str(e) for e in stats.errors[:CARD_ERRORS]],
         "errors_total": len(stats.errors),
+    }
+
+
+def _eval_split(
+    cfg: DataConfig,
+    test_sources: list[tuple[Any, Path]],
+    test_read: list[tuple[str, list[RawRow]]],
+    tests: list[Row],
+    stats: _Stats,
+) -> dict[str, Any]:
+    """Where the eval split came from: the golden test set (with its files) or a seeded random share."""
+    if not test_sources:
+        return {
+            "source": "random_split",
+            "description": f"random {cfg.split.eval_fraction:.0%} of the curated rows (seed {cfg.split.seed})",
+            "eval_fraction": cfg.split.eval_fraction,
+            "seed": cfg.split.seed,
+        }
+    return {
+        "source": "test_sources",
+        "description": "golden test set (data.test_sources), never trained on",
+        "files": [
+            {"name": label, "path": str(path), "format": src.format, "rows": len(raws)}
+            for (src, path), (label, raws) in zip(test_sources, test_read, strict=True)
+        ],
+        "rows": len(tests),
+        "rows_over_max_seq_len": sum(r.tokens > cfg.max_seq_len for r in tests),
+        "converted_alpaca": sum(r.converted for r in tests),
+        "system_prompt_added": sum(r.system_added for r in tests),
+        "pii_rows_changed": stats.test_pii_rows,
     }

@@ -19,7 +19,7 @@ from llmtailor.data.config import DataConfig
 from llmtailor.errors import RowError, TailorError
 from llmtailor.io import publish_dir, stable_hash, write_json, write_jsonl, write_text
 
-PIPELINE_VERSION = 1  # bump when the pipeline's output for the same input changes
+PIPELINE_VERSION = 2  # bump when the pipeline's output for the same input changes (2: eval_split + leakage)
 FILES = ("train.jsonl", "eval.jsonl", "card.json", "card.md")
 HISTOGRAM_BINS = 10
 
@@ -60,11 +60,12 @@ def hashed_config(cfg: DataConfig) -> dict[str, Any]:
     """The config as it affects the output: no output_dir, and sources by name and format (not their location)."""
     data = cfg.model_dump(mode="json", exclude={"output_dir"})
     data["sources"] = [{"name": s.label, "format": s.format} for s in cfg.sources]
+    data["test_sources"] = [{"name": s.label, "format": s.format} for s in cfg.test_sources]
     return data
 
 
 def version_hash(rows: list[dict[str, Any]], cfg: DataConfig, tokenizer_id: str) -> str:
-    """stable_hash of the normalised input rows, the data config (minus output_dir) and the tokenizer."""
+    """stable_hash of the normalised input rows (test rows included), the data config and the tokenizer."""
     return stable_hash(
         {"rows": rows, "config": hashed_config(cfg), "tokenizer": tokenizer_id, "pipeline": PIPELINE_VERSION}
     )
@@ -144,11 +145,14 @@ def length_stats(lengths: list[int], max_seq_len: int) -> tuple[dict[str, float]
 
 def card_markdown(card: dict[str, Any]) -> str:
     """A readable data card."""
+    split = card.get("eval_split") or {}
+    golden = split.get("source") == "test_sources"
+    where = " (eval = the golden test set, never trained on)" if golden else ""
     lines = [
         f"# Dataset {card['hash']}",
         "",
         f"Created {card['created']}. {card['rows_kept']} of {card['rows_in']} rows kept: "
-        f"{card['train_rows']} train, {card['eval_rows']} eval.",
+        f"{card['train_rows']} train, {card['eval_rows']} eval{where}.",
         "",
         "## Sources",
         "",
@@ -188,8 +192,54 @@ def card_markdown(card: dict[str, Any]) -> str:
     for i, n in enumerate(hist["counts"]):
         lo, hi = hist["edges"][i], hist["edges"][i + 1]
         lines.append(f"{lo:>6}-{hi:<6} {n:>6} {'#' * round(40 * n / peak)}")
-    lines += ["```", "", "## Config", "", "```json", json.dumps(card["config"], indent=2), "```"]
+    lines += ["```", ""]
+    lines += _eval_split_markdown(split) + _leakage_markdown(card.get("leakage"))
+    lines += ["## Config", "", "```json", json.dumps(card["config"], indent=2), "```"]
     if card["errors"]:
         lines += ["", f"## Validation errors (first {len(card['errors'])} of {card['errors_total']})", ""]
         lines += [f"- `{e}`" for e in card["errors"]]
     return "\n".join(lines) + "\n"
+
+
+def _eval_split_markdown(split: dict[str, Any]) -> list[str]:
+    """Where the eval rows came from."""
+    if not split:
+        return []
+    lines = ["## Eval split", "", f"From the {split['description']}."]
+    if split.get("source") == "test_sources":
+        lines += ["", "| test source | file | rows |", "|---|---|---:|"]
+        lines += [f"| {f['name']} | {f['path']} | {f['rows']} |" for f in split["files"]]
+        lines += [
+            "",
+            f"Converted from Alpaca: {split['converted_alpaca']}. System prompt added: {split['system_prompt_added']}. "
+            f"PII-redacted rows: {split['pii_rows_changed']}. Longer than max_seq_len (kept as they are): "
+            f"{split['rows_over_max_seq_len']}.",
+        ]
+    return [*lines, ""]
+
+
+def _leakage_markdown(leak: dict[str, Any] | None) -> list[str]:
+    """Eval rows that also occur in train, each with its training twin."""
+    if not leak:
+        return []
+    s = leak["settings"]
+    lines = [
+        "## Train/test leakage",
+        "",
+        f"**{leak['count']} of {leak['eval_rows']} eval rows** also occur in the training rows "
+        f"({leak['exact']} exact, {leak['near']} near duplicates; MinHash Jaccard >= {s['threshold']}, "
+        f"{s['ngram']}-word shingles, {s['num_perm']} permutations). Policy: {leak['policy']}"
+        + (f" ({leak['dropped_from_train']} train rows dropped)." if leak["policy"] == "drop_from_train" else "."),
+    ]
+    if leak["rows"]:
+        lines += ["", "| test row | train row | match | test text |", "|---|---|---|---|"]
+        for r in leak["rows"]:
+            t, tr = r["test"], r["train"]
+            text = t["text"].replace("|", "\\|").replace("\n", " ")
+            lines.append(
+                f"| {t['file']}:{t['line']} | {tr['file']}:{tr['line']} | {r['kind']} ({r['similarity']:.2f}) "
+                f"| {text} |"
+            )
+        if leak["count"] > len(leak["rows"]):
+            lines.append(f"\nFirst {len(leak['rows'])} of {leak['count']} listed.")
+    return [*lines, ""]

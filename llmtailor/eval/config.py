@@ -19,6 +19,8 @@ ALL_METRICS: list[MetricName] = [
 ]
 VARIANT_MODELS = ("base", "tuned")
 VARIANT_FLAGS = ("fewshot", "rag")
+# Name of a variant decoded under the JSON-schema grammar (eval.constrained_decoding), e.g. tuned_constrained.
+CONSTRAINED_SUFFIX = "_constrained"
 
 DEFAULT_RUBRIC = (
     "Score each answer from 1 (poor) to 5 (excellent) on: correctness (agrees with the reference answer), "
@@ -137,11 +139,22 @@ class EvalConfig(BaseModel):
         "is configured.",
     )
     fewshot_k: int = Field(3, ge=1, le=32, description="Examples from the train split shown in few-shot variants.")
+    constrained_decoding: bool = Field(
+        False,
+        description="JSON tasks: also evaluate each variant in constrained_variants decoded under the json_schema "
+        "grammar (the server's response_format path, xgrammar), reported beside it as <variant>_constrained.",
+    )
+    constrained_variants: list[str] | None = Field(
+        None,
+        description="Variants that get a constrained twin when constrained_decoding is on (default: the tuned "
+        "variants of the ladder, e.g. tuned -> tuned_constrained).",
+    )
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     gates: list[str] = Field(
         default_factory=list,
         description="Release gates checked by `tailor eval --gate`, e.g. 'json_compliance >= 0.95', "
-        "'regression.drop <= 0.05', 'redteam.refusal >= 0.9', 'base_fewshot.accuracy > 0.5'.",
+        "'regression.drop <= 0.05', 'redteam.refusal >= 0.9', 'base_fewshot.accuracy > 0.5', "
+        "'data.leakage == 0' (eval rows that also occur in train).",
     )
     regression: RegressionConfig = Field(default_factory=RegressionConfig)
     redteam: RedteamConfig = Field(default_factory=RedteamConfig)
@@ -159,6 +172,37 @@ class EvalConfig(BaseModel):
         for name in value:
             parse_variant(name)
         return value
+
+    @field_validator("constrained_variants")
+    @classmethod
+    def _check_constrained_variants(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if len(set(value)) != len(value):
+            raise ValueError(f"eval.constrained_variants lists a variant twice: {value}")
+        for name in value:
+            parse_variant(name)
+        return value
+
+    @model_validator(mode="after")
+    def _check_constrained(self) -> EvalConfig:
+        # Fail at load time, not after an hour of generation: the grammar is the task's JSON schema.
+        if self.constrained_variants is not None and not self.constrained_decoding:
+            raise ValueError("eval.constrained_variants is set but eval.constrained_decoding is false; "
+                             "set constrained_decoding: true (or drop constrained_variants)")
+        if not self.constrained_decoding:
+            return self
+        if self.json_schema is None:
+            raise ValueError("eval.constrained_decoding needs a JSON task with a schema: set eval.json_schema "
+                             "(the grammar answers are decoded under), or set constrained_decoding: false")
+        if self.task in ("text", "label"):
+            raise ValueError(f"eval.constrained_decoding applies to JSON tasks only, but eval.task is {self.task!r}; "
+                             "use task: json (or auto) or set constrained_decoding: false")
+        missing = [n for n in self.constrained_variants or [] if self.variants is not None and n not in self.variants]
+        if missing:
+            raise ValueError(f"eval.constrained_variants {missing} are not in eval.variants {self.variants}: "
+                             "a constrained variant is evaluated beside its free one")
+        return self
 
     @field_validator("gates")
     @classmethod

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtailor.errors import TailorError
+from llmtailor.eval.config import CONSTRAINED_SUFFIX, parse_variant
 from llmtailor.io import write_json, write_jsonl
 from llmtailor.runs import read_run, update_run
 from llmtailor.train.dataset import load_rows
@@ -27,8 +28,9 @@ ROW_METRICS = ("exact_match", "token_f1", "rouge_l", "json_compliance", "field_a
 CORPUS_METRICS = ("bleu", "macro_f1")
 HEADLINE = {"label": "accuracy", "json": "field_accuracy_mean", "text": "token_f1"}
 # Cheapest adaptation first: advice prefers the cheapest variant that is not significantly worse than the best.
-COST_ORDER = ["base", "base_fewshot", "base_rag", "base_fewshot_rag", "tuned", "tuned_fewshot", "tuned_rag",
-              "tuned_fewshot_rag"]
+# Constrained decoding costs no training and no prompt tokens: each constrained variant ranks right after its free one.
+COST_ORDER = [x for n in ("base", "base_fewshot", "base_rag", "base_fewshot_rag", "tuned", "tuned_fewshot",
+                          "tuned_rag", "tuned_fewshot_rag") for x in (n, n + CONSTRAINED_SUFFIX)]
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Models:
         else:
             has_adapter = base is None and hasattr(tuned, "disable_adapter")
         self.tuned, self.tok, self.has_adapter, self._base = tuned, tok, has_adapter, base
+        self._structured: Any = None
 
     @contextlib.contextmanager
     def use(self, mode: str):
@@ -106,14 +109,31 @@ class Models:
         return [g.text for g in self.generate_detailed(mode, convs, max_new_tokens, show_progress, description)]
 
     def generate_detailed(self, mode: str, convs: list[list[dict]], max_new_tokens: int, show_progress: bool,
-                          description: str) -> list[Any]:
-        """Answers with whether each one was cut off by max_new_tokens (llmtailor.generate.Generation)."""
+                          description: str, constraint: Callable[[], Any] | None = None) -> list[Any]:
+        """Answers with whether each one was cut off by max_new_tokens (llmtailor.generate.Generation); decoded
+        under a fresh grammar matcher per row when `constraint` (see `json_constraint`) is given."""
         from llmtailor.generate import generate_detailed
 
         with self.use(mode) as m:
             return generate_detailed(m, self.tok, convs, max_new_tokens=max_new_tokens,
                                      batch_size=self.cfg.eval.batch_size, show_progress=show_progress,
-                                     description=description)
+                                     description=description, constraint=constraint)
+
+    def json_constraint(self, schema: dict, max_new_tokens: int) -> Callable[[], Any]:
+        """Matchers for `schema` through the server's `response_format` path (serve.structured, xgrammar): compiled
+        once here, so an unenforceable schema or too small a token budget fails before any generation."""
+        from llmtailor.serve.structured import ResponseFormat, ResponseFormatError, StructuredOutput
+
+        if self._structured is None:  # indexes the vocabulary once; stop ids = what generate_detailed stops on
+            self._structured = StructuredOutput.for_model(self.tuned, self.tok, [self.tok.eos_token_id])
+        so = self._structured
+        fmt = ResponseFormat("json_schema", schema, "eval")
+        try:
+            so.constraint(fmt, max_new_tokens)
+        except ResponseFormatError as e:
+            msg = str(e).replace("max_tokens=", "eval.max_new_tokens=").replace("response_format", "eval.json_schema")
+            raise TailorError(f"eval.constrained_decoding: {msg}") from None
+        return lambda: so.constraint(fmt, max_new_tokens)
 
 
 def _field_mean(row: dict) -> float | None:
@@ -237,16 +257,18 @@ def vs_best(scored: dict[str, dict], headline: str, cfg: Any) -> dict:
     return out
 
 
-def _answers(cfg: TailorConfig, models: Models, v: Any,
-             show_progress: bool) -> tuple[list[str], list[bool], list[bool]]:
+def _answers(cfg: TailorConfig, models: Models, v: Any, show_progress: bool,
+             constraint: Callable[[], Any] | None = None) -> tuple[list[str], list[bool], list[bool]]:
     """The variant's answers, which rows the model produced, and which of those hit max_new_tokens. RAG rows with
-    nothing relevant get the configured no_answer without generating, as `tailor rag ask` does."""
+    nothing relevant get the configured no_answer without generating, as `tailor rag ask` does. Constrained
+    variants decode under `constraint` (Models.json_constraint)."""
     from llmtailor.generate import Generation
 
     asked = [v.asks(i) for i in range(len(v.prompts))]
     todo = [p for p, a in zip(v.prompts, asked, strict=True) if a]
     got = iter(models.generate_detailed(v.model, todo, cfg.eval.max_new_tokens, show_progress,
-                                        f"{v.name:>12} answers") if todo else [])
+                                        f"{v.name:>12} answers", constraint if v.constrained else None)
+               if todo else [])
     no_answer = Generation(cfg.rag.answer.no_answer if v.rag else "", False)
     gens = [next(got) if a else no_answer for a in asked]
     return [g.text for g in gens], asked, [g.hit_limit for g in gens]
@@ -307,6 +329,13 @@ def score_variant(outs: list[str], refs: list[str | None], questions: list[str],
     return {"aggregate": agg, "per_example": per}
 
 
+def _data_results(dataset_dir: Path) -> dict:
+    """The dataset card's train/test leakage check, for results.json, the report and `data.*` gates."""
+    from llmtailor.data.leakage import dataset_leakage_results
+
+    return dataset_leakage_results(dataset_dir)
+
+
 def evaluate(
     cfg: TailorConfig,
     run_dir: Path,
@@ -360,10 +389,28 @@ def evaluate(
         labels = list(cfg.eval.labels or sorted({x.strip() for x in [*train_refs, *refs] if isinstance(x, str)
                                                  and x.strip()}))
     names = cfg.eval.variants or ladder_mod.default_variants(cfg)
-    variants, skipped, shots = ladder_mod.build_variants(cfg, names, prompts, train_rows, questions, say, retrieve)
+    twins: list[str] = []
+    if cfg.eval.constrained_decoding:
+        if schema is None or task != "json":  # the config check catches this at load; configs built in code too
+            raise TailorError("eval.constrained_decoding needs a JSON task with eval.json_schema set "
+                              f"(task is {task}, schema {'set' if schema is not None else 'not set'})")
+        twins = cfg.eval.constrained_variants if cfg.eval.constrained_variants is not None else [
+            n for n in names if parse_variant(n)[0] == "tuned"]
+    variants, skipped, shots = ladder_mod.build_variants(cfg, names, prompts, train_rows, questions, say, retrieve,
+                                                         constrained=twins)
     if not variants:
         raise TailorError(f"no variant could be evaluated: {skipped}")
     models = models or Models(cfg, run_dir)
+    constraint = None
+    not_enforced: list[str] = []
+    if any(v.constrained for v in variants):  # compile the grammar before generating anything
+        from llmtailor.serve.structured import enforceable_schema
+
+        constraint = models.json_constraint(schema, cfg.eval.max_new_tokens)
+        not_enforced = enforceable_schema(schema)[1]
+        if not_enforced:
+            say(f"[yellow]constrained decoding cannot enforce {len(not_enforced)} if/then/else keyword(s) of "
+                f"{cfg.eval.json_schema.name}[/] (cross-field rules): json_compliance still checks them")
     out_dir = run_dir / "eval"
     reference = "base" if any(v.name == "base" for v in variants) else variants[0].name
 
@@ -385,7 +432,12 @@ def evaluate(
         "fewshot": {"k": len(shots), "ids": [s.get("id") for s in shots]} if shots else None,
         "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens,
                        "batch_size": cfg.eval.batch_size, "seed": cfg.eval.seed},
+        # constrained twin -> its free variant (same weights and prompt, decoded under the schema's grammar)
+        "constrained_decoding": {"enabled": cfg.eval.constrained_decoding, "engine": "xgrammar", "variants": {
+            v.name: v.name.removesuffix(CONSTRAINED_SUFFIX) for v in variants if v.constrained},
+            "not_enforced": not_enforced},
         "dataset_hash": info.get("dataset_hash"),
+        "data": _data_results(dataset_dir),
         "timings_s": {},
     }
 
@@ -402,7 +454,7 @@ def evaluate(
 
     for v in variants:
         t0 = time.perf_counter()
-        outs, asked, trunc = _answers(cfg, models, v, show_progress)
+        outs, asked, trunc = _answers(cfg, models, v, show_progress, constraint)
         gen_s = time.perf_counter() - t0
         s = score_variant(outs, refs, questions, schema, metrics, task, labels, v.contexts, trunc,
                           None if v.retrieved is None else [not a for a in asked])
@@ -410,7 +462,7 @@ def evaluate(
             _add_citations(cfg, v.retrieved, outs, asked, s)
             retrieved = v.retrieved
         agg = s["aggregate"]
-        if "loss" in metrics:
+        if "loss" in metrics and not v.constrained:  # a constrained twin has its free variant's weights and prompt
             # Loss of the reference answer given this variant's own prompt (few-shot / RAG context included);
             # RAG rows answered "I don't know" without the model have no prompt to score.
             loss_rows = [{"messages": [*p, {"role": "assistant", "content": r}]}

@@ -3,12 +3,14 @@
 A gate names a value in the evaluation results:
 
 * `json_compliance >= 0.95`: a ladder metric of the candidate variant (tuned when evaluated, else the last one);
-* `base_fewshot.accuracy > 0.5`: the same metric of a named variant; `field_accuracy.priority >= 0.8` reads one
-  field of per-field accuracy;
+* `base_fewshot.accuracy > 0.5`: the same metric of a named variant (`tuned_constrained.json_compliance` for the
+  constrained-decoding twin); `field_accuracy.priority >= 0.8` reads one field of per-field accuracy;
 * `regression.drop <= 0.05`, `regression.arithmetic.drop <= 0.1`: loss of general ability, tuned vs base;
 * `redteam.refusal >= 0.9`, `redteam.over_refusal <= 0.2`, `redteam.harmful.refusal >= 0.9`: the tuned model's
   refusal on harmful probes and over-refusal on benign ones;
-* `judge.win_rate >= 0.5`, `judge.tuned_rag.win_rate >= 0.5`: pairwise win rate against base.
+* `judge.win_rate >= 0.5`, `judge.tuned_rag.win_rate >= 0.5`: pairwise win rate against base;
+* `data.leakage == 0`, `data.leakage_rate <= 0.01`, `data.near.leakage == 0`: eval rows that also occur in the
+  training data (exact + near duplicates), from the dataset card; a property of the data, not of a variant.
 
 Gates are parsed when the config is loaded (a typo fails in seconds, not after an hour of evaluation). A gate whose
 value was not measured (e.g. the red-team was off) fails with that reason: a CI gate must never pass silently.
@@ -27,14 +29,16 @@ NAMESPACES = {
     "regression": {"drop", "base", "tuned", "perplexity_ratio"},
     "redteam": {"refusal", "over_refusal", "pass_rate"},
     "judge": {"win_rate", "tie_rate", "loss_rate", "agreement"},
+    "data": {"leakage", "leakage_rate"},
 }
+_NOT_RUN = {"data": "no leakage check in the results: rerun `tailor eval` (or `tailor data prepare` first)"}
 LADDER_METRICS = {
     "exact_match", "token_f1", "rouge_l", "bleu", "json_parse_rate", "json_compliance", "json_extra_text_rate",
     "field_accuracy", "field_accuracy_mean", "accuracy", "macro_f1", "unscorable_rate", "truncated_rate",
     "answer_length_tokens", "eval_loss", "perplexity", "examples_per_s", "generation_s", "faithfulness",
     "answer_relevance", "context_precision", "context_recall", "citation_correctness", "abstain_rate", "cite_rate",
 }
-_VARIANT = re.compile(r"^(base|tuned)(_(fewshot|rag))*$")
+_VARIANT = re.compile(r"^(base|tuned)(_(fewshot|rag))*(_constrained)?$")  # _constrained: eval.constrained_decoding
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,10 @@ def parse_gate(text: str) -> Gate:
         if not rest or rest[0] not in LADDER_METRICS:
             import difflib
 
-            close = difflib.get_close_matches(rest[0] if rest else head, sorted(LADDER_METRICS), n=1)
+            name = rest[0] if rest else head
+            # `leakage` alone, `drop` alone...: the metric exists, but under its section.
+            owner = next((f"{ns}.{name}" for ns, keys in NAMESPACES.items() if name in keys), None)
+            close = [owner] if owner else difflib.get_close_matches(name, sorted(LADDER_METRICS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ValueError(f"gate {text!r}: unknown metric '{'.'.join(rest) or head}'{hint}")
         if len(rest) > 2 or (len(rest) == 2 and rest[0] != "field_accuracy"):
@@ -91,6 +98,9 @@ def _lookup(results: dict, gate: Gate) -> tuple[float | None, str]:
     if head in NAMESPACES:
         section = results.get(head)
         if not isinstance(section, dict) or section.get("status") == "skipped":
+            if head in _NOT_RUN:
+                reason = section.get("reason") if isinstance(section, dict) else None
+                return None, reason or _NOT_RUN[head]
             return None, f"{head} was not run (enable eval.{head})"
         value: Any = section.get("gate_values", {})
         key = ".".join(path[1:])

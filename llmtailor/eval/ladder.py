@@ -11,11 +11,11 @@ preferring examples whose answers differ) and never from the held-out rows.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmtailor.eval.config import parse_variant
+from llmtailor.eval.config import CONSTRAINED_SUFFIX, parse_variant
 from llmtailor.eval.labels import label_key
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class Variant:
     rag: bool
     prompts: list[list[dict]] = field(default_factory=list)
     retrieved: list[Retrieved] | None = None  # per row, RAG variants: passages, and no prompt when nothing relevant
+    constrained: bool = False  # decoded under the JSON-schema grammar (eval.constrained_decoding)
 
     @property
     def contexts(self) -> list[list[str]] | None:
@@ -149,8 +150,11 @@ def build_variants(
     questions: list[str],
     say: Any = print,
     retrieve: Any = None,
+    constrained: list[str] | None = None,
 ) -> tuple[list[Variant], dict[str, str], list[dict]]:
-    """Variants ready to generate, the ones skipped with the reason, and the few-shot rows used."""
+    """Variants ready to generate, the ones skipped with the reason, and the few-shot rows used. Each name in
+    `constrained` also gets a `<name>_constrained` twin right after it: same weights and prompts, so the two differ
+    only in decoding."""
     variants: list[Variant] = []
     skipped: dict[str, str] = {}
     shots = pick_fewshot(train_rows, cfg.eval.fewshot_k, cfg.eval.seed) if any("fewshot" in n for n in names) else []
@@ -176,6 +180,16 @@ def build_variants(
                 v.prompts.append(fewshot_prompt(p, shots) if v.fewshot else list(p))
         v.retrieved = found if v.rag else None
         variants.append(v)
+        if name in (constrained or []):
+            variants.append(replace(v, name=name + CONSTRAINED_SUFFIX, constrained=True))
+    for name in constrained or []:
+        if name not in names:
+            skipped[name + CONSTRAINED_SUFFIX] = f"{name} is not in the ladder ({', '.join(names)})"
+        elif name in skipped:
+            skipped[name + CONSTRAINED_SUFFIX] = f"{name} was skipped: {skipped[name]}"
+        else:
+            continue
+        say(f"[yellow]skipping {name + CONSTRAINED_SUFFIX}[/]: {skipped[name + CONSTRAINED_SUFFIX]}")
     return variants, skipped, shots
 
 

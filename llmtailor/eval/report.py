@@ -262,6 +262,8 @@ def _data_section(run_dir: Path, run: dict) -> dict:
         "eval_rows",
         "token_lengths",
         "sources",
+        "eval_split",  # shown in the leakage part
+        "leakage",
     }
     other = [(str(k), _fmt(v, str(k))) for k, v in card.items() if k not in known]
     return {
@@ -277,6 +279,39 @@ def _data_section(run_dir: Path, run: dict) -> dict:
         "other": other,
         "notes": notes,
     }
+
+
+def _leakage_section(run_dir: Path, run: dict, results: dict) -> dict | None:
+    """Where the eval split came from and which eval rows also occur in train: from results.json, else the card."""
+    leak, split = _d(_d(results.get("data")).get("leakage")), _d(_d(results.get("data")).get("eval_split"))
+    if not leak:
+        path = _find_card(run_dir, run)
+        card = _d(_read_json(path)[0]) if path else {}
+        leak, split = _d(card.get("leakage")), _d(card.get("eval_split"))
+    count = _num(leak.get("count"))
+    if count is None:
+        return None
+    dropped = leak.get("dropped_from_train") if leak.get("policy") == "drop_from_train" else None
+    summary = (
+        f"Eval split: {_as_text(split.get('description') or 'origin not recorded')}. "
+        f"{int(count)} of {_fmt(leak.get('eval_rows'))} eval rows also occur in the training data "
+        f"({_fmt(leak.get('exact'))} exact, {_fmt(leak.get('near'))} near duplicates)"
+        + (f"; {_fmt(dropped)} training copies were dropped." if dropped is not None else ".")
+    )
+
+    def where(side: Any) -> str:
+        side = _d(side)
+        return f"{Path(str(side.get('file') or '?')).name}:{side.get('line', '?')}"
+
+    rows = [
+        {"test": where(r.get("test")), "train": where(r.get("train")),
+         "match": f"{_as_text(r.get('kind'))} ({_fmt(r.get('similarity'))})",
+         "test_text": _clip(_as_text(_d(r.get("test")).get("text"))),
+         "train_text": _clip(_as_text(_d(r.get("train")).get("text")))}
+        for r in (leak.get("rows") if isinstance(leak.get("rows"), list) else []) if isinstance(r, dict)
+    ]
+    more = f"First {len(rows)} of {int(count)} listed." if rows and count > len(rows) else None
+    return {"summary": summary, "count": int(count), "rows": rows, "more": more}
 
 
 def _training_section(run_dir: Path, run: dict) -> dict:
@@ -586,11 +621,11 @@ def _ladder_section(results: dict) -> dict:
 
         advice = advise(results)
     except Exception:  # noqa: BLE001 - advice decorates the report; its absence is not an error
-        advice = {"lines": [], "warnings": []}
+        advice = {"lines": [], "levels": [], "warnings": []}
     return {"note": None, "chart_png": chart, "reference": ref, "significance": sig_rows, "confusions": confusions,
             "gates": gates, "ranking": ranking, "skipped": list(_d(results.get("skipped_variants")).items()),
             "task": results.get("task"), "headline": _METRIC_LABELS.get(results.get("headline_metric"), ""),
-            "advice": advice.get("lines", []), "warnings": advice.get("warnings", []),
+            "advice": list(zip(advice["lines"], advice["levels"], strict=True)), "warnings": advice["warnings"],
             "confidence": ladder.get("confidence"), "resamples": ladder.get("resamples")}
 
 
@@ -686,6 +721,7 @@ def write_report(run_dir: Path, out: Path | None = None, title: str | None = Non
         "summary": _summary(run),
         "config_yaml": config_yaml,
         "data": _data_section(run_dir, run),
+        "leakage": _leakage_section(run_dir, run, results),
         "training": _training_section(run_dir, run),
         "evaluation": evaluation,
         "examples": _examples_section(run_dir, evaluation.get("names") or [], sample_size),

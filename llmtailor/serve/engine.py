@@ -133,8 +133,7 @@ class Engine:
             if self._structured is None:
                 from llmtailor.serve.structured import StructuredOutput
 
-                vocab = int(getattr(self.model.config, "vocab_size", 0) or len(self.tokenizer))
-                self._structured = StructuredOutput(self.tokenizer, vocab, self.eos_ids)
+                self._structured = StructuredOutput.for_model(self.model, self.tokenizer, self.eos_ids)
             return self._structured
 
     # ---- lifecycle -------------------------------------------------------------------------------

@@ -10,6 +10,9 @@ that row's logits before the token is chosen, and the worker feeds the chosen to
 still run out of `max_tokens` halfway through a string, so the constraint also tracks the shortest way to
 finish the document (a deterministic closing policy: quotes and brackets first) and switches to it when the
 remaining budget gets close: the answer always parses, even from a random model.
+
+Evaluation (`eval.constrained_decoding`) decodes through the same `Constraint`s: `batch_logits_processor` masks the
+rows of one batched `model.generate` call and feeds each row's chosen token back from the ids generate passes in.
 """
 
 from __future__ import annotations
@@ -85,6 +88,53 @@ def validate(text: str, fmt: ResponseFormat) -> str | None:
     return None
 
 
+_CONDITIONAL = ("if", "then", "else")
+_NAME_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")  # keys are names
+_LITERALS = ("const", "enum", "default", "examples")  # values are data, not schemas
+
+
+def enforceable_schema(schema: dict[str, Any]) -> tuple[dict[str, Any], list[str], list[str]]:
+    """The part of a JSON Schema the grammar can enforce: (schema without if/then/else and with allOf merged into
+    its parent, where conditionals were dropped, where an allOf could not be merged).
+
+    Why: xgrammar ignores if/then/else, and any allOf makes it fall back to *any* JSON value (measured with
+    xgrammar on the demo's schema, whose category -> team rules are five if/then pairs under allOf: a random model
+    answered `111...`; a one-entry `allOf: [{required: [...]}]` does the same). Without the conditionals the
+    structure, enums and lengths are still enforced; the full schema still judges the answer afterwards
+    (`validate`, eval's json_compliance).
+    """
+    dropped: list[str] = []
+    unmerged: list[str] = []
+
+    def walk(node: Any, where: str) -> Any:
+        if isinstance(node, list):
+            return [walk(x, f"{where}/{i}") for i, x in enumerate(node)]
+        if not isinstance(node, dict):
+            return node
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            if k in _CONDITIONAL:
+                dropped.append(f"{where}/{k}")
+            elif k in _NAME_MAPS and isinstance(v, dict):
+                out[k] = {name: walk(sub, f"{where}/{k}/{name}") for name, sub in v.items()}
+            else:
+                out[k] = v if k in _LITERALS else walk(v, f"{where}/{k}")
+        if isinstance(out.get("allOf"), list):
+            rest = []
+            for sub in out.pop("allOf"):
+                if not isinstance(sub, dict) or any(k in out and k != "required" for k in sub):
+                    rest.append(sub)  # overlapping keywords: merging would need schema intersection
+                    continue
+                for k, v in sub.items():
+                    out[k] = list(dict.fromkeys([*out.get(k, []), *v])) if k == "required" else v
+            if rest:
+                out["allOf"] = rest
+                unmerged.append(f"{where}/allOf")
+        return out
+
+    return walk(schema, "#"), dropped, unmerged
+
+
 class StructuredOutput:
     """Per tokenizer: the xgrammar compiler, compiled grammars (LRU), and the closing policy's token scores."""
 
@@ -132,6 +182,13 @@ class StructuredOutput:
         # How much one freely chosen token can lengthen the shortest completion (new brackets, an optional key).
         self.margin = max_opens + 8
 
+    @classmethod
+    def for_model(cls, model: Any, tokenizer: Any, stop_ids: list[int]) -> StructuredOutput:
+        """The compiler for a model: the vocabulary is the logits width (config.vocab_size, which can exceed
+        len(tokenizer) when the embedding matrix is padded), so masks line up with the scores they filter."""
+        vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or len(tokenizer))
+        return cls(tokenizer, vocab, stop_ids)
+
     def compile(self, fmt: ResponseFormat) -> Any:
         with self._lock:
             if fmt.key in self._cache:
@@ -142,8 +199,15 @@ class StructuredOutput:
                 grammar = self.compiler.compile_json_schema('{"type": "object"}', any_whitespace=False,
                                                             strict_mode=False)
             else:
-                grammar = self.compiler.compile_json_schema(json.dumps(fmt.schema), any_whitespace=False,
+                schema, _, unmerged = enforceable_schema(fmt.schema or {})
+                if unmerged:
+                    raise ResponseFormatError(
+                        f"response_format schema cannot be enforced: allOf at {', '.join(unmerged)} overlaps its "
+                        "parent (the grammar would accept any JSON); merge it into one schema")
+                grammar = self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False,
                                                             strict_mode=True)
+        except ResponseFormatError:
+            raise
         except Exception as e:  # xgrammar raises RuntimeError/ValueError for schema features it lacks
             raise ResponseFormatError(f"response_format schema cannot be enforced: {e}") from None
         with self._lock:
@@ -258,3 +322,30 @@ class Constraint:
     @property
     def completed(self) -> bool:
         return bool(self.matcher.is_completed())
+
+
+def batch_logits_processor(constraints: list[Constraint | None], prompt_width: int, max_new_tokens: int) -> Any:
+    """A transformers LogitsProcessor for one left-padded `model.generate` batch: row i follows constraints[i]
+    (None: decodes freely). Unlike the server, which accepts tokens as its streamer sees them, this reads each
+    row's last chosen token from the ids, so plain batched generation needs no streamer. A row ends at a stop
+    token (generate's eos must be among the constraints' stop ids, or it would decode on unconstrained)."""
+    from transformers import LogitsProcessor
+
+    class BatchConstraints(LogitsProcessor):
+        def __init__(self) -> None:
+            self.done = [c is None for c in constraints]
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            step = input_ids.shape[1] - prompt_width  # tokens generated so far
+            for row, c in enumerate(constraints):
+                if self.done[row] or c is None:
+                    continue
+                if step > 0:
+                    tok = int(input_ids[row, -1])
+                    if tok in c.so.stop_ids or not c.accept(tok):
+                        self.done[row] = True
+                        continue
+                c.mask(scores[row], max_new_tokens - step)
+            return scores
+
+    return BatchConstraints()

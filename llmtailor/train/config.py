@@ -41,7 +41,15 @@ class TrainConfig(BaseModel):
     optim: str | None = Field(None, description="Optimizer name for transformers; default adamw_torch (CPU) or "
                               "paged_adamw_8bit (QLoRA).")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: all cores.")
-    group_by_length: bool = Field(True, description="Batch similar lengths together: less padding, faster on CPU.")
+    group_by_length: bool = Field(True, description="Batch similar lengths together (length buckets): least padding, "
+                                  "fastest on CPU. The padding share is recorded in run.json.")
+    packing: bool = Field(False, description="Pack several rows into each sequence (no padding at all). Needs an "
+                          "attention implementation that keeps packed rows apart; a probe checks, and when it fails "
+                          "training falls back to length buckets and says so.")
+    precision: Literal["auto", "fp32", "bf16"] | None = Field(
+        None, description="Compute precision of training: bf16 autocast (adapter weights stay fp32) or fp32. auto "
+        "picks bf16 where the CPU has native BF16 instructions (AVX-512 BF16, AMX) or the GPU supports it; "
+        "default: model.precision.")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -6,6 +6,7 @@ here from the device, so the same config runs on a laptop and on CUDA (bf16, QLo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -37,6 +38,12 @@ class TrainResult:
         d = asdict(self)
         d["run_dir"], d["adapter_dir"] = str(self.run_dir), str(self.adapter_dir)
         return d
+
+
+def _stderr_say(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(msg)
 
 
 def _code_version() -> str:
@@ -87,14 +94,29 @@ def _trim_metrics(path: Path, upto_step: int) -> None:
     write_jsonl(path, kept)
 
 
-def _set_threads(threads: int | None) -> None:
+def _set_threads(threads: int | None) -> int:
+    """One intra-op thread per core the process may use (affinity, not the host's count: containers and taskset
+    often allow fewer), and one inter-op thread: a training step is a chain of large ops, not parallel branches."""
     import torch
 
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    n = threads or usable
+    torch.set_num_threads(n)
+    with contextlib.suppress(RuntimeError):  # only settable before the first parallel op
+        torch.set_num_interop_threads(1)
+    return n
 
 
-def _sft_args(cfg: TailorConfig, run_dir: Path, device: str, dtype: Any, max_len: int) -> Any:
-    """TRL SFTConfig from our TrainConfig, with device-appropriate precision and optimizer."""
+def _sft_args(cfg: TailorConfig, run_dir: Path, device: str, dtype: Any, max_len: int, *, packing: bool = False,
+              bf16_autocast: bool = False) -> Any:
+    """TRL SFTConfig from our TrainConfig, with device-appropriate precision and optimizer.
+
+    On CPU the bf16 autocast lives in our loss (TailorSFTTrainer), so the Trainer itself stays in fp32 there; on
+    CUDA the Trainer's own mixed precision does it.
+    """
     import torch
     from trl import SFTConfig
 
@@ -120,13 +142,15 @@ def _sft_args(cfg: TailorConfig, run_dir: Path, device: str, dtype: Any, max_len
         seed=t.seed,
         data_seed=t.seed,
         use_cpu=not on_cuda,
-        bf16=on_cuda and dtype == torch.bfloat16,
-        fp16=on_cuda and dtype == torch.float16,
+        bf16=on_cuda and (dtype == torch.bfloat16 or bf16_autocast),
+        fp16=on_cuda and dtype == torch.float16 and not bf16_autocast,
         gradient_checkpointing=on_cuda and t.method in ("qlora", "full"),
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="random",  # length buckets come from TailorSFTTrainer's sampler
         max_length=max_len,
         completion_only_loss=t.assistant_only_loss,
-        packing=False,
+        packing=packing,
+        packing_strategy="bfd",
+        padding_free=packing,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -143,6 +167,7 @@ def train(
     resume: bool = False,
     show_progress: bool = True,
     callbacks: list[Any] | None = None,
+    say: Any = None,
 ) -> TrainResult:
     """Fine-tune the base model on a prepared dataset version; write a run folder; return its summary.
 
@@ -150,14 +175,17 @@ def train(
     checkpoint with the same data order (the Trainer restores RNG and sampler state).
     """
     import torch
-    from trl import SFTTrainer
 
     from llmtailor.models import choose_device, load_model
+    from llmtailor.precision import choose_precision
     from llmtailor.train.adapters import peft_config
     from llmtailor.train.callbacks import MetricsLogger, RichProgress
     from llmtailor.train.dataset import build_dataset, count_tokens, load_rows
+    from llmtailor.train.trainer import TailorSFTTrainer
 
     t = cfg.train
+    if say is None:
+        say = _stderr_say if show_progress else (lambda msg: None)
     choice = choose_device(cfg.model)
     if t.method == "qlora" and choice.device != "cuda":
         raise TailorError("train.method 'qlora' needs a CUDA GPU with bitsandbytes; on CPU use method: lora")
@@ -192,7 +220,10 @@ def train(
     assert run_dir is not None
     update_run(run_dir, status="running")
 
-    _set_threads(t.threads)
+    threads = _set_threads(t.threads) if choice.device == "cpu" else None
+    precision = choose_precision(t.precision or cfg.model.precision, choice.device,
+                                 setting="train.precision" if t.precision else "model.precision")
+    say(f"precision {precision.name}: {precision.reason}")
     torch.manual_seed(t.seed)
     model, tokenizer = load_model(cfg.model, quantize_4bit=t.method == "qlora", for_training=True)
     if t.method == "qlora":
@@ -205,18 +236,45 @@ def train(
         raise TailorError(f"{train_file}: the training split is empty")
     dataset = build_dataset(rows, tokenizer, max_len, t.assistant_only_loss)
     tokens_per_epoch = count_tokens(dataset)
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+
+    packing, batching = False, "random order"
+    if t.packing:
+        from llmtailor.train.packing import isolates_packed_rows
+
+        if isolates_packed_rows(model):
+            packing, batching = True, "packed (best-fit decreasing; attention kept apart per row)"
+        else:
+            batching = ("length buckets: packing asked for, but this model's attention implementation "
+                        f"({getattr(model.config, '_attn_implementation', '?')}) lets packed rows attend to each "
+                        "other, so rows are batched by length instead")
+            say(f"[yellow]{batching}[/]")
+    bucket = not packing and (t.group_by_length or t.packing)
+    if bucket and not t.packing:
+        batching = "length buckets"
+    if bucket:
+        from llmtailor.train.trainer import BucketSampler, padding_share
+
+        planned_padding = padding_share(lengths, BucketSampler(lengths, t.batch_size, t.seed).batches())
+    else:
+        planned_padding = None
 
     all_callbacks: list[Any] = [MetricsLogger(run_dir / "metrics.jsonl"), *(callbacks or [])]
     if show_progress:
         all_callbacks.append(RichProgress())
-    trainer = SFTTrainer(
+    trainer = TailorSFTTrainer(
         model=model,
-        args=_sft_args(cfg, run_dir, choice.device, choice.dtype, max_len),
+        args=_sft_args(cfg, run_dir, choice.device, choice.dtype, max_len, packing=packing,
+                       bf16_autocast=precision.bf16),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(t),
         callbacks=all_callbacks,
+        autocast_bf16=precision.bf16 and choice.device == "cpu",
+        bucket_lengths=lengths if bucket else None,
     )
+    update_run(run_dir, **precision.as_dict(), threads=threads, batching=batching, packing=packing,
+               label_only_loss=trainer.label_only)
     # The Trainer prints log dicts on stdout when tqdm is off; stdout is reserved for --json output.
     from transformers.trainer_callback import PrinterCallback
 
@@ -247,6 +305,8 @@ def train(
         "base_model": cfg.model.base_model, "method": t.method, "dataset_hash": dataset_hash,
         "run_id": run_dir.name, "max_seq_len": max_len,
     })
+    counts = trainer.token_counts
+    measured_padding = 1.0 - counts["real"] / counts["positions"] if counts["positions"] else None
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     final_loss = float(losses[-1]) if losses else None
     epochs_done = float(trainer.state.epoch or 0.0) - start_epoch
@@ -262,6 +322,8 @@ def train(
         train_tokens_per_s=round(tokens_per_s, 1),
         train_rows=len(rows),
         tokens_per_epoch=tokens_per_epoch,
+        padding_share=round(measured_padding, 4) if measured_padding is not None else None,
+        padding_share_planned=round(planned_padding, 4) if planned_padding is not None else None,
         adapter_dir=str(out_dir),
         finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )

@@ -125,3 +125,17 @@ def test_prepare_redacts_every_role_and_counts(tmp_path, tiny_tokenizer):
     assert card["pii_counts"]["PERSON"] == 2 and card["pii_counts"]["EMAIL_ADDRESS"] == 1
     assert card["pii_counts"]["CREDIT_CARD"] == 1 and card["pii_counts"]["PHONE_NUMBER"] == 1
     assert card["pii_counts"]["US_SSN"] == 0 and card["pii_rows_changed"] == 1
+
+
+def test_golden_test_rows_are_redacted_like_training_rows(tmp_path, tiny_tokenizer):
+    """data.test_sources go through the same Presidio pass: the eval split holds no personal data either."""
+    train = {"messages": [{"role": "user", "content": "Printer jammed."}, {"role": "assistant", "content": "Tray 2."}]}
+    gold = {"instruction": "Who should I contact?", "output": "Write to maria.garcia@example.com or call 415-867-5309."}
+    (tmp_path / "d.jsonl").write_text(json.dumps(train) + "\n", encoding="utf-8")
+    (tmp_path / "golden.jsonl").write_text(json.dumps(gold) + "\n", encoding="utf-8")
+    cfg = DataConfig(sources=[str(tmp_path / "d.jsonl")], test_sources=[str(tmp_path / "golden.jsonl")],
+                     output_dir=tmp_path / "out", max_seq_len=2048)
+    v = prepare(cfg, tiny_tokenizer, show_progress=False)
+    [row] = [json.loads(x) for x in v.eval_file.read_text().splitlines()]
+    assert row["messages"][-1]["content"] == "Write to <EMAIL> or call <PHONE>."
+    assert v.card["eval_split"]["pii_rows_changed"] == 1 and v.card["pii_counts"]["EMAIL_ADDRESS"] == 1

@@ -1,0 +1,77 @@
+"""Causal-LM loss that only projects the positions the loss is taken on.
+
+With assistant-only loss, most positions of a chat row (system prompt, user turn, padding) carry label -100.
+Building `batch x seq x vocab` logits for them is most of the LM head's cost (49k-entry vocabulary on SmolLM2)
+and of the step's memory. Here the backbone's hidden states are gathered at the label positions first, and only
+those rows go through the LM head and the cross-entropy. The loss is the same sum / token-count reduction TRL uses,
+so gradients match TRL's to float rounding (tested against TRL's own loss on the same batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+IGNORE = -100
+
+
+@dataclass
+class LabelLoss:
+    """Loss of one micro-batch plus the counts the trainer logs (no full-vocabulary tensor is kept)."""
+
+    loss: Any
+    label_tokens: int
+    correct: int
+
+
+def _causal_lm(model: Any) -> Any:
+    """The `*ForCausalLM` module under PEFT / accelerate wrappers (adapter layers stay injected in it)."""
+    inner = model
+    for _ in range(4):
+        if hasattr(inner, "get_base_model"):  # PeftModel
+            inner = inner.get_base_model()
+        elif hasattr(inner, "module") and not hasattr(inner, "get_output_embeddings"):  # DDP-style wrapper
+            inner = inner.module
+        else:
+            break
+    return inner
+
+
+def supports_label_only(model: Any) -> bool:
+    """Whether the model exposes a backbone and an output embedding this loss can drive."""
+    inner = _causal_lm(model)
+    prefix = getattr(inner, "base_model_prefix", "model")
+    return hasattr(inner, "get_output_embeddings") and inner.get_output_embeddings() is not None and \
+        hasattr(inner, prefix)
+
+
+def label_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, *,
+                    autocast_bf16: bool = False) -> LabelLoss:
+    """Next-token cross-entropy over label positions only: sum of -log p / (num_items_in_batch or label count)."""
+    import torch
+    import torch.nn.functional as F
+
+    inner = _causal_lm(model)
+    backbone = getattr(inner, inner.base_model_prefix)
+    head = inner.get_output_embeddings()
+    labels = inputs["labels"]
+    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "assistant_masks")}
+    kwargs["use_cache"] = False
+    device_type = labels.device.type
+    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
+    with ctx:
+        hidden = backbone(**kwargs).last_hidden_state
+        shift = labels[:, 1:].to(hidden.device)
+        mask = shift != IGNORE
+        picked = hidden[:, :-1][mask]  # (n_label_tokens, hidden): the only rows the head sees
+        logits = head(picked)
+    logits = logits.float()
+    targets = shift[mask]
+    total = F.cross_entropy(logits, targets, reduction="sum")
+    n = int(mask.sum())
+    denom = torch.as_tensor(num_items_in_batch if num_items_in_batch is not None else n, device=total.device)
+    loss = total / denom.clamp(min=1)
+    with torch.no_grad():
+        correct = int((logits.argmax(-1) == targets).sum()) if n else 0
+    return LabelLoss(loss, n, correct)

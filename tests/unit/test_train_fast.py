@@ -1,0 +1,153 @@
+"""The training speed paths: label-only loss equals TRL's, length buckets, the packing probe, precision choice."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmtailor import precision as prec
+from llmtailor.errors import TailorError
+from llmtailor.runs import read_run
+from llmtailor.train.loss import label_only_loss
+from llmtailor.train.packing import isolates_packed_rows
+from llmtailor.train.sft import train
+from llmtailor.train.trainer import BucketSampler, padding_share
+from tests.conftest import build_tiny_model
+from tests.unit.test_train import dataset, make_cfg  # noqa: F401  (fixture reused)
+
+
+def _batch(vocab: int) -> dict[str, torch.Tensor]:
+    """Three rows, right-padded, prompt tokens and padding masked with -100 as TRL's collator does."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (3, 12), generator=gen)
+    attn = torch.ones_like(ids)
+    attn[1, 9:] = 0
+    attn[2, 6:] = 0
+    labels = ids.clone()
+    labels[:, :5] = -100
+    labels[attn == 0] = -100
+    return {"input_ids": ids, "attention_mask": attn, "labels": labels}
+
+
+def _wrap(model, method: str):
+    if method == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", use_dora=method == "dora", init_lora_weights=False)
+    return get_peft_model(model, cfg)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "full"])
+def test_label_only_loss_matches_trl_and_full_logits(tiny_tokenizer, method):
+    from trl.trainer.utils import add_fused_lm_head
+
+    base = build_tiny_model(tiny_tokenizer, seed=3)
+    add_fused_lm_head(base)  # TRL's own SFT loss path, patched before PEFT as TRL does
+    model = _wrap(base, method)
+    inputs = _batch(len(tiny_tokenizer))
+
+    trl_loss = model(**inputs, fused_lm_head=True).loss
+    trl_loss.backward()
+    trl_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    full_loss = model(**inputs).loss  # transformers' loss over full logits
+
+    ours = label_only_loss(model, inputs)
+    ours.loss.backward()
+    assert abs(ours.loss.item() - trl_loss.item()) < 1e-5
+    assert abs(ours.loss.item() - full_loss.item()) < 1e-5
+    assert ours.label_tokens == int((inputs["labels"][:, 1:] != -100).sum())
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, trl_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_label_only_loss_divides_by_num_items_like_trl(tiny_tokenizer):
+    from trl.trainer.utils import add_fused_lm_head
+
+    model = build_tiny_model(tiny_tokenizer, seed=4)
+    add_fused_lm_head(model)
+    inputs = _batch(len(tiny_tokenizer))
+    ref = model(**inputs, fused_lm_head=True, num_items_in_batch=torch.tensor(50)).loss
+    ours = label_only_loss(model, inputs, torch.tensor(50)).loss
+    assert abs(ref.item() - ours.item()) < 1e-5
+
+
+def test_bf16_label_loss_stays_close(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer, seed=5)
+    inputs = _batch(len(tiny_tokenizer))
+    fp32 = label_only_loss(model, inputs).loss.item()
+    bf16 = label_only_loss(model, inputs, autocast_bf16=True).loss.item()
+    assert bf16 == pytest.approx(fp32, rel=0.02)
+
+
+def test_bucket_sampler_is_a_deterministic_permutation_with_little_padding():
+    lengths = [((i * 37) % 90) + 10 for i in range(101)]
+    s = BucketSampler(lengths, 8, seed=7)
+    first = list(s)
+    assert sorted(first) == list(range(101))
+    assert list(BucketSampler(lengths, 8, seed=7)) == first  # resume replays the same order
+    s.set_epoch(1)
+    assert list(s) != first
+    bucketed = padding_share(lengths, s.batches())
+    random_batches = [list(range(i, min(i + 8, 101))) for i in range(0, 101, 8)]
+    assert bucketed < 0.1 and bucketed * 3 < padding_share(lengths, random_batches)
+
+
+def test_packing_probe_sees_isolation_and_its_absence(tiny_tokenizer, monkeypatch):
+    model = build_tiny_model(tiny_tokenizer)
+    assert isolates_packed_rows(model)
+    # An attention path that ignores row boundaries (plain causal mask over the packed sequence).
+    import transformers.masking_utils as mu
+
+    monkeypatch.setattr(mu, "find_packed_sequence_indices", lambda position_ids: None)
+    assert not isolates_packed_rows(model)
+
+
+def test_packing_trains_and_records_no_padding(tmp_path, tiny_model_dir, dataset):  # noqa: F811
+    cfg = make_cfg(tmp_path, tiny_model_dir, packing=True, max_steps=2)
+    info = read_run(train(cfg, dataset, "h", show_progress=False).run_dir)
+    assert info["packing"] is True and info["batching"].startswith("packed")
+    assert info["padding_share"] == 0.0
+
+
+def test_packing_without_isolation_falls_back_to_buckets_and_says_so(tmp_path, tiny_model_dir, dataset,  # noqa: F811
+                                                                     monkeypatch):
+    import transformers.masking_utils as mu
+
+    monkeypatch.setattr(mu, "find_packed_sequence_indices", lambda position_ids: None)
+    said: list[str] = []
+    cfg = make_cfg(tmp_path, tiny_model_dir, packing=True, max_steps=2)
+    info = read_run(train(cfg, dataset, "h", show_progress=False, say=said.append).run_dir)
+    assert info["packing"] is False
+    assert "attend to each other" in info["batching"] and any("length" in s for s in said)
+    assert 0.0 <= info["padding_share"] < 0.5
+
+
+def test_run_json_records_precision_padding_and_loss_path(tmp_path, tiny_model_dir, dataset):  # noqa: F811
+    cfg = make_cfg(tmp_path, tiny_model_dir, precision="fp32", group_by_length=True, max_steps=3)
+    info = read_run(train(cfg, dataset, "h", show_progress=False).run_dir)
+    assert info["precision"] == "fp32" and "asked for" in info["precision_reason"]
+    assert info["label_only_loss"] is True and info["batching"] == "length buckets"
+    assert info["padding_share"] is not None and info["padding_share_planned"] is not None
+
+
+def test_explicit_bf16_on_a_cpu_without_it_is_an_error(tmp_path, tiny_model_dir, dataset, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda *a, **k: [])
+    with pytest.raises(TailorError, match="no native BF16 instructions"):
+        prec.choose_precision("bf16", "cpu", setting="train.precision")
+    auto = prec.choose_precision("auto", "cpu")
+    assert auto.name == "fp32" and "no native BF16" in auto.reason
+    cfg = make_cfg(tmp_path, tiny_model_dir, precision="bf16", max_steps=1)
+    with pytest.raises(TailorError, match="train.precision: bf16"):
+        train(cfg, dataset, "h", show_progress=False)
+
+
+def test_auto_picks_bf16_where_the_cpu_has_it(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu sse avx512f avx512_bf16 avx512_vnni\n")
+    assert prec.cpu_bf16_flags(info) == ["avx512_bf16"]
+    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda *a, **k: ["amx_bf16"])
+    choice = prec.choose_precision("auto", "cpu")
+    assert choice.bf16 and "amx_bf16" in choice.reason
