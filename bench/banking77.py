@@ -48,7 +48,11 @@ def read_csv(path: Path) -> list[tuple[str, str]]:
 
 
 def stratified(rows: list[tuple[str, str]], per_class: int, seed: int) -> list[tuple[str, str]]:
-    """per_class rows of every label (all of a label's rows when it has fewer), seeded, then shuffled."""
+    """per_class rows of every label (all of a label's rows when it has fewer; 0 = all rows), seeded, shuffled."""
+    if per_class <= 0:
+        out = list(rows)
+        random.Random(seed).shuffle(out)
+        return out
     by_label: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for r in rows:
         by_label[r[1]].append(r)
@@ -70,25 +74,30 @@ def system_prompt(labels: list[str]) -> str:
             "else: " + ", ".join(shown(lab) for lab in labels) + ".")
 
 
+TUNED_SYSTEM = "Classify the customer's banking message into its intent label."
+
+
 def chat_row(system: str, text: str, label: str) -> dict:
     return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": text},
                          {"role": "assistant", "content": shown(label)}]}
 
 
-def write_project(work: Path, train_file: Path, args: argparse.Namespace) -> Path:
+def write_project(work: Path, train_file: Path, test_file: Path, args: argparse.Namespace) -> Path:
     cfg = {
         "project": "banking77-bench",
         "runs_dir": "runs",
         "data": {
             "sources": [str(train_file)],
+            # The test rows are a golden test set: never trained on, leakage against train reported by prepare.
+            "test_sources": [str(test_file)],
             "max_seq_len": 640,
-            "dedup": {"enabled": True},
+            # Exact duplicates only in effect: many distinct banking questions share most of their words.
+            "dedup": {"enabled": True, "threshold": 0.98},
             "pii": {"enabled": False},
-            "split": {"eval_fraction": 0.05, "seed": args.seed},
         },
         "train": {
             "method": "lora",
-            "max_steps": args.max_steps,
+            **({"max_steps": args.max_steps} if args.max_steps else {"epochs": args.epochs}),
             "batch_size": args.batch_size,
             "learning_rate": args.lr,
             "save_steps": 10_000,
@@ -135,12 +144,15 @@ def timed_generate(model: object, tok: object, convs: list[list[dict]], max_new_
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--per-class", type=int, default=4, help="train examples per intent (default 4 = 308 rows)")
-    ap.add_argument("--test-per-class", type=int, default=4, help="test examples per intent (default 4 = 308 rows)")
-    ap.add_argument("--max-steps", type=int, default=20, help="LoRA optimizer steps")
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (few steps: higher than the 2e-4 "
-                    "default)")
+    ap.add_argument("--per-class", type=int, default=0, help="train examples per intent (0 = all 10,003 rows)")
+    ap.add_argument("--test-per-class", type=int, default=0, help="test examples per intent for the tuned "
+                    "variant (0 = all 3,080 rows)")
+    ap.add_argument("--base-test-per-class", type=int, default=4, help="test examples per intent for the base "
+                    "variants, whose prompts carry the 77-label list (~10x the tokens; 0 = all)")
+    ap.add_argument("--max-steps", type=int, default=0, help="LoRA optimizer steps (0: --epochs)")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
     ap.add_argument("--fewshot-k", type=int, default=3, help="shots for base few-shot (llmtailor's default is 3)")
     ap.add_argument("--max-new-tokens", type=int, default=12)
     ap.add_argument("--throughput-prompts", type=int, default=32)
@@ -166,11 +178,16 @@ def main() -> None:
     train_all, test_all = read_csv(args.data / "train.csv"), read_csv(args.data / "test.csv")
     train_sub = stratified(train_all, args.per_class, args.seed)
     test_sub = stratified(test_all, args.test_per_class, args.seed + 1)
+    base_test = stratified(test_all, args.base_test_per_class, args.seed + 1)
 
     work = Path(tempfile.mkdtemp(prefix="bench-banking77-"))
-    train_file = work / "banking77_train.jsonl"
-    train_file.write_text("".join(json.dumps(chat_row(system, t, c)) + "\n" for t, c in train_sub), encoding="utf-8")
-    cfg_path = write_project(work, train_file, args)
+    train_file, test_file = work / "banking77_train.jsonl", work / "banking77_test.jsonl"
+    # Fine-tuning's point: the tuned model learns the labels, so its prompt drops the 77-label list.
+    train_file.write_text("".join(json.dumps(chat_row(TUNED_SYSTEM, t, c)) + "\n" for t, c in train_sub),
+                          encoding="utf-8")
+    test_file.write_text("".join(json.dumps(chat_row(TUNED_SYSTEM, t, c)) + "\n" for t, c in test_sub),
+                         encoding="utf-8")
+    cfg_path = write_project(work, train_file, test_file, args)
     print(f"project {work}: {len(train_sub)} train rows, {len(test_sub)} test rows", flush=True)
 
     from llmtailor.config import load_config
@@ -192,9 +209,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     models = Models(cfg, trained.run_dir)  # tuned = base + adapter; base = adapter switched off
     tok = models.tok
-    prompts = [[{"role": "system", "content": system}, {"role": "user", "content": t}] for t, _ in test_sub]
+    prompts = [[{"role": "system", "content": system}, {"role": "user", "content": t}] for t, _ in base_test]
+    base_refs = [c for _, c in base_test]
+    tuned_prompts = [[{"role": "system", "content": TUNED_SYSTEM}, {"role": "user", "content": t}] for t, _ in test_sub]
     refs = [c for _, c in test_sub]
-    shots = pick_fewshot(prepared_train, cfg.eval.fewshot_k, cfg.eval.seed)
+    # Few-shot examples come from the prepared train split, shown with the label-list prompt the base needs.
+    shots = [{"messages": [{"role": "system", "content": system}, *s["messages"][1:]]}
+             for s in pick_fewshot(prepared_train, cfg.eval.fewshot_k, cfg.eval.seed)]
     fewshot = [fewshot_prompt(p, shots) for p in prompts]
     from llmtailor.chat import prompt_ids
 
@@ -202,13 +223,15 @@ def main() -> None:
         return round(sum(len(prompt_ids(tok, c)) for c in convs) / len(convs), 1)
 
     variants = []
-    for name, mode, convs in (("base zero-shot", "base", prompts), (f"base few-shot (k={len(shots)})", "base", fewshot),
-                              ("tuned (LoRA)", "tuned", prompts)):
+    for name, mode, convs, gold, rows in (
+            ("base zero-shot", "base", prompts, base_refs, base_test),
+            (f"base few-shot (k={len(shots)})", "base", fewshot, base_refs, base_test),
+            ("tuned (LoRA, short prompt)", "tuned", tuned_prompts, refs, test_sub)):
         with models.use(mode) as m:
             outs, secs = timed_generate(m, tok, convs, args.max_new_tokens, cfg.eval.batch_size, name)
-        v = score(name, outs, refs, labels, secs, cfg)
+        v = score(name, outs, gold, labels, secs, cfg)
         v["prompt_tokens_mean"] = mean_len(convs)
-        for s, (text, _) in zip(v["samples"], test_sub, strict=False):
+        for s, (text, _) in zip(v["samples"], rows, strict=False):
             s["text"] = text
         variants.append(v)
         print(f"{name}: accuracy {v['accuracy']:.3f}, macro-F1 {v['macro_f1']:.3f}, {v['examples_per_s']} ex/s",
@@ -239,6 +262,9 @@ def main() -> None:
                  "test_full": len(test_all), "train_per_class": args.per_class, "train_subset": len(train_sub),
                  "prepared_train_rows": len(prepared_train), "prepared_heldout_rows": len(prepared_eval),
                  "test_per_class": args.test_per_class, "test_subset": len(test_sub),
+                 "base_test_per_class": args.base_test_per_class, "base_test_subset": len(base_test),
+                 "leakage": _leakage(version.path),
+                 "tuned_system_prompt_tokens": len(tok(TUNED_SYSTEM)["input_ids"]),
                  "dataset_hash": version.hash, "system_prompt_tokens": len(tok(system)["input_ids"])},
         "train": {"method": cfg.train.method, "steps": trained.steps, "batch_size": cfg.train.batch_size,
                   "examples_seen": trained.steps * cfg.train.batch_size * cfg.train.gradient_accumulation_steps,
@@ -260,6 +286,14 @@ def main() -> None:
     print(markdown(result))
 
 
+def _leakage(dataset_dir: Path) -> object:
+    """The golden-test-set leakage count prepare wrote into the data card (None if absent)."""
+    card = json.loads((dataset_dir / "card.json").read_text(encoding="utf-8")) if (dataset_dir / "card.json").exists() \
+        else {}
+    leak = card.get("leakage") or {}
+    return leak.get("count", leak) if isinstance(leak, dict) else leak
+
+
 def markdown(r: dict) -> str:
     m, d, t, tp = r["machine"], r["data"], r["train"], r["throughput"]
     lines = [
@@ -271,11 +305,14 @@ def markdown(r: dict) -> str:
         f"thread(s), {m['platform']}. Load average (1/5/15 min) before {m['load_avg_before']}, "
         f"after {m['load_avg_after']}.",
         "",
-        f"Data: {d['labels']} intents. Train subset {d['train_subset']} rows ({d['train_per_class']} per intent, "
-        f"stratified, seeded) of {d['train_full']:,}; after llmtailor's prepare (dedup on, PII off, 5% held out) "
-        f"{d['prepared_train_rows']} train rows (+{d['prepared_heldout_rows']} held out, unused here). "
-        f"Test subset {d['test_subset']} rows ({d['test_per_class']} per intent, stratified, seeded) of "
-        f"{d['test_full']:,}. System prompt lists all labels ({d['system_prompt_tokens']} tokens).",
+        f"Data: {d['labels']} intents. Train: {d['train_subset']:,} of {d['train_full']:,} rows "
+        f"({'all' if not d['train_per_class'] else str(d['train_per_class']) + ' per intent'}); after llmtailor's "
+        f"prepare (exact/near dedup at 0.98, PII off) {d['prepared_train_rows']:,} train rows. The test rows are the "
+        f"project's golden test set (`data.test_sources`): {d['prepared_heldout_rows']:,} rows, leakage against "
+        f"train: {d.get('leakage')}. Tuned variant: {d['test_subset']:,} test rows, short system prompt "
+        f"({d.get('tuned_system_prompt_tokens')} tokens, no label list). Base variants: the label-list prompt "
+        f"({d['system_prompt_tokens']} tokens) on a stratified {d.get('base_test_subset')}-row subset "
+        f"({d.get('base_test_per_class')} per intent; the list makes each prompt ~10x longer).",
         "",
         "| variant | accuracy (95% CI) | macro-F1 | unscorable | prompt tokens | generation s | examples/s |",
         "|---|---|---|---|---|---|---|",

@@ -149,16 +149,19 @@ def load_tokenizer(cfg: ModelConfig | Path | str) -> Any:
 
 
 def load_model(
-    cfg: ModelConfig, adapter: Path | None = None, *, quantize_4bit: bool = False, for_training: bool = False
+    cfg: ModelConfig, adapter: Path | None = None, *, quantize_4bit: bool = False, for_training: bool = False,
+    dtype: Any = None,
 ) -> tuple[Any, Any]:
-    """Load base model (+ optional PEFT adapter or full fine-tuned folder) and tokenizer on the chosen device."""
+    """Load base model (+ optional PEFT adapter or full fine-tuned folder) and tokenizer on the chosen device.
+
+    `dtype` overrides the storage dtype (training keeps a frozen base in bf16 under bf16 autocast)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     _offline()
     choice = choose_device(cfg)
     folder = resolve_model_dir(cfg)
-    kwargs: dict[str, Any] = {"dtype": choice.dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype if dtype is not None else choice.dtype}
     if quantize_4bit:
         if choice.device != "cuda":
             raise TailorError("QLoRA (4-bit) needs a CUDA GPU and bitsandbytes; use method: lora on CPU")
@@ -174,6 +177,12 @@ def load_model(
         )
         kwargs["device_map"] = {"": 0}
     full_model_dir = adapter if adapter is not None and (Path(adapter) / "config.json").exists() else None
+    infer = None if for_training else inference_precision(cfg, choice)
+    if infer is not None and infer.bf16 and choice.device == "cpu" and cfg.dtype == "auto" and dtype is None:
+        # On CPU the weights are stored in fp32 (training needs them so); for inference the base is loaded in bf16
+        # where the CPU computes bf16 natively (cheaper than autocasting every weight at every token). Adapters
+        # attached below keep fp32 weights (PEFT's autocast_adapter_dtype), as on the server's shared base.
+        kwargs["dtype"] = torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(full_model_dir or folder, **kwargs)
     tok = load_tokenizer(folder)
     if adapter is not None and full_model_dir is None:
@@ -184,13 +193,8 @@ def load_model(
         model = PeftModel.from_pretrained(model, adapter, is_trainable=for_training)
     if not quantize_4bit:
         model.to(choice.device)
-    if not for_training:
+    if infer is not None:
         model.eval()
-        infer = inference_precision(cfg, choice)
-        # On CPU the weights are stored in fp32 (training needs them so); for inference they are cast once to bf16
-        # where the CPU computes bf16 natively, which is cheaper than autocasting every weight at every token.
-        if infer.bf16 and choice.device == "cpu" and cfg.dtype == "auto":
-            model.to(torch.bfloat16)
         model.llmtailor_precision = infer  # read by `tailor eval` for run.json
     torch.manual_seed(0)
     return model, tok

@@ -98,6 +98,22 @@ def report_stage(config: TailorConfig | str | Path, *, run: str | None = None, o
     return path
 
 
+def _release() -> None:
+    """Drop what a finished stage no longer needs (spaCy/Presidio engines, the trainer's model and optimizer) so
+    the next stage's peak does not stack on top of it; then hand freed heap pages back to the OS."""
+    import ctypes
+    import gc
+
+    from llmtailor.data.redact import engines
+
+    engines.cache_clear()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 @dataclass
 class LoopResult:
     """Everything `tailor run` produced."""
@@ -127,12 +143,14 @@ def run_all(config: TailorConfig | str | Path, *, show_progress: bool = True, sa
     t0 = time.perf_counter()
     say("[bold]1/4 data[/]: validate, de-duplicate, redact PII, split, version")
     version = prepare_stage(cfg, show_progress=show_progress)
+    _release()
     times["prepare"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
     say(f"[bold]2/4 train[/]: {cfg.train.method} on dataset {version.hash}")
     trained = train(cfg, version.path, version.hash, show_progress=show_progress)
     record_training(cfg, trained.run_dir)
+    _release()
     times["train"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()

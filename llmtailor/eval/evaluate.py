@@ -401,6 +401,9 @@ def evaluate(
     if not variants:
         raise TailorError(f"no variant could be evaluated: {skipped}")
     models = models or Models(cfg, run_dir)
+    infer = getattr(models.tuned, "llmtailor_precision", None)
+    if infer is not None:
+        say(f"precision {infer.name}: {infer.reason}")
     constraint = None
     not_enforced: list[str] = []
     if any(v.constrained for v in variants):  # compile the grammar before generating anything
@@ -516,6 +519,7 @@ def evaluate(
             for name, agg in results["variants"].items()
         },
         gates=results["gates"],
+        **({"eval_precision": infer.name, "eval_precision_reason": infer.reason} if infer is not None else {}),
     )
     return EvalResult(run_dir, results_path, results["variants"], len(rows), skipped, gates, results)
 

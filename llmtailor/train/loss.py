@@ -62,11 +62,14 @@ def label_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any 
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
     with ctx:
         hidden = backbone(**kwargs).last_hidden_state
-        shift = labels[:, 1:].to(hidden.device)
-        mask = shift != IGNORE
-        picked = hidden[:, :-1][mask]  # (n_label_tokens, hidden): the only rows the head sees
-        logits = head(picked)
-    logits = logits.float()
+    shift = labels[:, 1:].to(hidden.device)
+    mask = shift != IGNORE
+    picked = hidden[:, :-1][mask]  # (n_label_tokens, hidden): the only rows the head sees
+    # The head runs in fp32 even under bf16: bf16 logits (8-bit mantissa) shift log-softmax by a few percent, and
+    # with only label rows left the fp32 projection is a small share of the step.
+    weight = head.weight if head.weight.dtype == torch.float32 else head.weight.float()
+    bias = None if getattr(head, "bias", None) is None else head.bias.float()
+    logits = F.linear(picked.float(), weight, bias)
     targets = shift[mask]
     total = F.cross_entropy(logits, targets, reduction="sum")
     n = int(mask.sum())

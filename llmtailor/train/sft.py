@@ -50,7 +50,10 @@ def _code_version() -> str:
     """Package version plus git commit when run from a checkout (recorded for lineage)."""
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -110,8 +113,16 @@ def _set_threads(threads: int | None) -> int:
     return n
 
 
-def _sft_args(cfg: TailorConfig, run_dir: Path, device: str, dtype: Any, max_len: int, *, packing: bool = False,
-              bf16_autocast: bool = False) -> Any:
+def _sft_args(
+    cfg: TailorConfig,
+    run_dir: Path,
+    device: str,
+    dtype: Any,
+    max_len: int,
+    *,
+    packing: bool = False,
+    bf16_autocast: bool = False,
+) -> Any:
     """TRL SFTConfig from our TrainConfig, with device-appropriate precision and optimizer.
 
     On CPU the bf16 autocast lives in our loss (TailorSFTTrainer), so the Trainer itself stays in fp32 there; on
@@ -199,8 +210,9 @@ def train(
             raise TailorError("resume needs the run folder to continue")
         checkpoint = _last_checkpoint(run_dir)
         if checkpoint is None:
-            raise TailorError(f"{run_dir}: no checkpoint to resume from (checkpoints are written every "
-                              f"{t.save_steps} steps)")
+            raise TailorError(
+                f"{run_dir}: no checkpoint to resume from (checkpoints are written every {t.save_steps} steps)"
+            )
     else:
         run_dir = new_run_dir(cfg.runs_dir)
         write_text(run_dir / "config.yaml", cfg.to_yaml())
@@ -221,11 +233,21 @@ def train(
     update_run(run_dir, status="running")
 
     threads = _set_threads(t.threads) if choice.device == "cpu" else None
-    precision = choose_precision(t.precision or cfg.model.precision, choice.device,
-                                 setting="train.precision" if t.precision else "model.precision")
+    precision = choose_precision(
+        t.precision or cfg.model.precision,
+        choice.device,
+        setting="train.precision" if t.precision else "model.precision",
+    )
     say(f"precision {precision.name}: {precision.reason}")
     torch.manual_seed(t.seed)
-    model, tokenizer = load_model(cfg.model, quantize_4bit=t.method == "qlora", for_training=True)
+    # A frozen base under bf16 autocast is stored in bf16 (half the memory, no per-step weight casts); the adapter
+    # weights PEFT adds stay fp32 (its autocast_adapter_dtype). Full fine-tuning keeps fp32 master weights.
+    frozen_bf16 = (
+        precision.bf16 and choice.device == "cpu" and t.method in ("lora", "dora") and cfg.model.dtype == "auto"
+    )
+    model, tokenizer = load_model(
+        cfg.model, quantize_4bit=t.method == "qlora", for_training=True, dtype=torch.bfloat16 if frozen_bf16 else None
+    )
     if t.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -245,9 +267,11 @@ def train(
         if isolates_packed_rows(model):
             packing, batching = True, "packed (best-fit decreasing; attention kept apart per row)"
         else:
-            batching = ("length buckets: packing asked for, but this model's attention implementation "
-                        f"({getattr(model.config, '_attn_implementation', '?')}) lets packed rows attend to each "
-                        "other, so rows are batched by length instead")
+            batching = (
+                "length buckets: packing asked for, but this model's attention implementation "
+                f"({getattr(model.config, '_attn_implementation', '?')}) lets packed rows attend to each "
+                "other, so rows are batched by length instead"
+            )
             say(f"[yellow]{batching}[/]")
     bucket = not packing and (t.group_by_length or t.packing)
     if bucket and not t.packing:
@@ -264,8 +288,9 @@ def train(
         all_callbacks.append(RichProgress())
     trainer = TailorSFTTrainer(
         model=model,
-        args=_sft_args(cfg, run_dir, choice.device, choice.dtype, max_len, packing=packing,
-                       bf16_autocast=precision.bf16),
+        args=_sft_args(
+            cfg, run_dir, choice.device, choice.dtype, max_len, packing=packing, bf16_autocast=precision.bf16
+        ),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(t),
@@ -273,8 +298,15 @@ def train(
         autocast_bf16=precision.bf16 and choice.device == "cpu",
         bucket_lengths=lengths if bucket else None,
     )
-    update_run(run_dir, **precision.as_dict(), threads=threads, batching=batching, packing=packing,
-               label_only_loss=trainer.label_only)
+    update_run(
+        run_dir,
+        **precision.as_dict(),
+        base_weights="bf16" if frozen_bf16 else "as loaded",
+        threads=threads,
+        batching=batching,
+        packing=packing,
+        label_only_loss=trainer.label_only,
+    )
     # The Trainer prints log dicts on stdout when tqdm is off; stdout is reserved for --json output.
     from transformers.trainer_callback import PrinterCallback
 
@@ -301,10 +333,16 @@ def train(
     out_dir = run_dir / ("model" if t.method == "full" else "adapter")
     trainer.save_model(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
-    write_json(out_dir / "llmtailor.json", {
-        "base_model": cfg.model.base_model, "method": t.method, "dataset_hash": dataset_hash,
-        "run_id": run_dir.name, "max_seq_len": max_len,
-    })
+    write_json(
+        out_dir / "llmtailor.json",
+        {
+            "base_model": cfg.model.base_model,
+            "method": t.method,
+            "dataset_hash": dataset_hash,
+            "run_id": run_dir.name,
+            "max_seq_len": max_len,
+        },
+    )
     counts = trainer.token_counts
     measured_padding = 1.0 - counts["real"] / counts["positions"] if counts["positions"] else None
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -62,6 +62,10 @@ class TailorSFTTrainer(SFTTrainer):
         super().__init__(*args, **kwargs)
         self.label_only = label_only and supports_label_only(self.model)
         self.autocast_bf16 = autocast_bf16
+        if autocast_bf16:
+            from llmtailor.train.lora_fp32 import keep_adapters_fp32
+
+            keep_adapters_fp32(self.model)
         self.bucket_lengths = bucket_lengths
         self.token_counts = {"real": 0, "positions": 0}
 

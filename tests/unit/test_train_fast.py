@@ -151,3 +151,47 @@ def test_auto_picks_bf16_where_the_cpu_has_it(monkeypatch, tmp_path):
     monkeypatch.setattr(prec, "cpu_bf16_flags", lambda *a, **k: ["amx_bf16"])
     choice = prec.choose_precision("auto", "cpu")
     assert choice.bf16 and "amx_bf16" in choice.reason
+
+
+def test_bf16_training_keeps_adapter_updates(tiny_tokenizer):
+    """Under bf16 autocast a small adapter delta must still change the output (PEFT's bf16 sum rounds it away)."""
+    from peft import LoraConfig, get_peft_model
+
+    from llmtailor.train.lora_fp32 import keep_adapters_fp32
+
+    inputs = _batch(len(tiny_tokenizer))
+    outs = []
+    for patch in (False, True):
+        model = get_peft_model(build_tiny_model(tiny_tokenizer, seed=6).to(torch.bfloat16),
+                               LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        if patch:
+            assert keep_adapters_fp32(model) > 0
+        before = label_only_loss(model, inputs, autocast_bf16=True).loss.item()
+        with torch.no_grad():  # a delta of ~1e-4 relative: below one bf16 step of the base outputs
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.fill_(2e-4)
+        after = label_only_loss(model, inputs, autocast_bf16=True).loss.item()
+        outs.append(after - before)
+    assert outs[1] != 0.0
+    assert abs(outs[1]) > abs(outs[0])
+
+
+def test_trainable_weights_stay_fp32_under_bf16(tmp_path, tiny_model_dir, dataset, monkeypatch):  # noqa: F811
+    import llmtailor.models as models
+
+    seen = {}
+    orig = models.load_model
+
+    def spy(*a, **k):
+        model, tok = orig(*a, **k)
+        seen["model"] = model
+        return model, tok
+
+    monkeypatch.setattr(models, "load_model", spy)
+    monkeypatch.setattr(prec, "cpu_bf16_flags", lambda *a, **k: ["avx512_bf16"])  # also on CPUs without it
+    cfg = make_cfg(tmp_path, tiny_model_dir, precision="bf16", max_steps=1)
+    info = read_run(train(cfg, dataset, "h", show_progress=False).run_dir)
+    assert info["precision"] == "bf16" and info["base_weights"] == "bf16"
+    trainable = [p for p in seen["model"].parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
