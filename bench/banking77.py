@@ -100,11 +100,12 @@ def write_project(work: Path, train_file: Path, test_file: Path, args: argparse.
             **({"max_steps": args.max_steps} if args.max_steps else {"epochs": args.epochs}),
             "batch_size": args.batch_size,
             "learning_rate": args.lr,
+            "lora_dropout": 0.0,
             "save_steps": 10_000,
             "seed": args.seed,
             **({"threads": args.threads} if args.threads else {}),
         },
-        "eval": {"task": "label", "max_new_tokens": args.max_new_tokens, "batch_size": 8,
+        "eval": {"task": "label", "max_new_tokens": args.max_new_tokens, "batch_size": 16,
                  "fewshot_k": args.fewshot_k, "seed": args.seed},
     }
     path = work / "tailor.yaml"

@@ -1,7 +1,9 @@
 """The README's main job, measured: `tailor init` + `tailor run` on the demo project, as a new user runs it.
 
-Records wall time per stage, the base-vs-tuned metrics on the held-out tickets, the machine and its load, and
-writes bench/results/demo_run.{json,md}. The base model is the baseline: every metric is reported next to it.
+Records wall time per stage, peak RSS of `tailor run`, the ladder on the held-out tickets with the gates, the
+machine and its load, and writes bench/results/demo_run.{json,md}. The base model is the baseline: every metric is
+reported next to it. Then the same run is evaluated again with `model.precision: fp32` (what `tailor eval` did
+before bf16 inference), so the eval stage's seconds before and after come from the same benchmark run.
 
     python bench/demo_run.py [--workdir /tmp/demo-bench]
 """
@@ -12,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -20,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-SHOWN = ["json_compliance", "field_accuracy", "exact_match", "token_f1", "rouge_l", "bleu", "eval_loss", "perplexity"]
+SHOWN = ["json_compliance", "field_accuracy_mean", "exact_match", "token_f1", "rouge_l", "bleu", "eval_loss",
+         "perplexity"]
 
 
 def tailor(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -42,10 +46,25 @@ def main() -> None:
     started = time.perf_counter()
     res = tailor("run", "-c", "demo/tailor.yaml", "--json", cwd=args.workdir)
     wall = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # `tailor init` is far smaller
     if res.returncode:
         sys.exit(res.stderr[-4000:])
     out = json.loads(res.stdout)
     run = json.loads((Path(out["run_dir"]) / "run.json").read_text())
+
+    # The eval stage again on a copy of the run, in fp32 (the previous behaviour), same machine, same benchmark run.
+    run_dir = Path(out["run_dir"])
+    fp32_dir = run_dir.with_name(run_dir.name + "-fp32eval")
+    shutil.copytree(run_dir, fp32_dir, ignore=shutil.ignore_patterns("eval", "checkpoints"))
+    cfg_text = (args.workdir / "demo" / "tailor.yaml").read_text()
+    fp32_cfg = args.workdir / "demo" / "tailor-fp32.yaml"
+    fp32_cfg.write_text(cfg_text.replace("model:\n", "model:\n  precision: fp32\n", 1))
+    t0 = time.perf_counter()
+    res32 = tailor("eval", "-c", str(fp32_cfg), "--run", fp32_dir.name, "--json", cwd=args.workdir)
+    fp32_eval_s = time.perf_counter() - t0
+    if res32.returncode not in (0, 3):
+        sys.exit(res32.stderr[-4000:])
+    results32 = json.loads((fp32_dir / "eval" / "results.json").read_text())
     results = json.loads((Path(out["run_dir"]) / "eval" / "results.json").read_text())
     card = json.loads((Path(run["dataset_dir"]) / "card.json").read_text())
     record = {
@@ -53,8 +72,16 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2)},
         "wall_s": round(wall, 1),
+        "peak_rss_mb": round(peak_mb),
+        "eval_seconds": {"bf16 (tailor run's eval stage)": out["stage_seconds"].get("eval"),
+                         "fp32 (tailor eval, model.precision: fp32)": round(fp32_eval_s, 1)},
+        "eval_precision": run.get("eval_precision"),
+        "gates": results.get("gates"),
+        "fp32_eval_variants": {v: {k: results32["variants"][v].get(k) for k in SHOWN} for v in results32["variants"]},
         "stage_seconds": out["stage_seconds"],
-        "train": {k: run.get(k) for k in ("steps", "first_loss", "final_loss", "train_tokens_per_s", "method")},
+        "train": {k: run.get(k) for k in ("steps", "first_loss", "final_loss", "train_tokens_per_s", "method",
+                                          "precision", "precision_reason", "padding_share", "batching",
+                                          "train_runtime_s")},
         "data": {k: card.get(k) for k in ("rows_in", "rows_kept", "train_rows", "eval_rows", "dropped", "pii_counts")},
         "n_examples": results["n_examples"],
         "variants": results["variants"],
@@ -70,7 +97,14 @@ def main() -> None:
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (other work on the machine slows "
         "every stage).",
         "",
-        f"Whole loop: **{wall / 60:.1f} min** wall ({stages}).",
+        f"Whole loop: **{wall / 60:.1f} min** wall ({stages}); peak RSS of `tailor run` **{peak_mb / 1024:.2f} GB**.",
+        f"Training: precision {run.get('precision')} ({run.get('precision_reason')}); {run.get('batching')}, "
+        f"padding share {run.get('padding_share')}.",
+        f"Eval stage: {out['stage_seconds'].get('eval'):.0f} s in bf16 (`model.precision: auto`) vs "
+        f"{fp32_eval_s:.0f} s for the same evaluation in fp32 (`tailor eval` on a copy of the run, same benchmark "
+        "run).",
+        "Gates: " + "; ".join(f"{g['text']}: {'pass' if g['passed'] else 'FAIL'} ({g['reason']})"
+                              for g in (results.get("gates") or {}).get("results", [])) + ".",
         f"Data: {card.get('rows_in')} rows in, {card.get('rows_kept')} kept, {card.get('train_rows')} train / "
         f"{card.get('eval_rows')} held out. Training: {run.get('steps')} LoRA steps, loss "
         f"{run.get('first_loss'):.3f} -> {run.get('final_loss'):.3f}, {run.get('train_tokens_per_s')} tokens/s.",

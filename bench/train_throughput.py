@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -98,7 +99,7 @@ def run_child(code: str, args: list[str]) -> dict:
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2), "max": round(max(values), 2)}
+    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4)}
 
 
 def main() -> None:
@@ -107,7 +108,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--render", type=Path, default=None, help="only rewrite the tables from a results JSON")
     args = ap.parse_args()
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        args.steps, args.repeats = saved["config"]["steps"], len(saved["runs"]["trl"])
+        render(args, saved["runs"], saved["config"], saved["load_average_before"], saved["load_average_after"],
+               saved["date"])
+        return
 
     from llmtailor.config import load_config
     from llmtailor.models import resolve_model_dir
@@ -142,7 +150,14 @@ def main() -> None:
             print(f"{name:9s} run {i}: {r['tokens_per_s']:.1f} tokens/s, {r['runtime_s']:.1f} s, "
                   f"peak {r['peak_rss_mb']:.0f} MB, loss {r['tail_loss']:.4f}", flush=True)
     load_after = os.getloadavg()
+    render(args, results, {"method": "lora", **lora, "batch": args.batch, "steps": args.steps, "max_len": 320,
+                           "data": "demo tickets (prepared)"}, load_before, load_after, time.strftime("%Y-%m-%d %H:%M"))
 
+
+def render(args: argparse.Namespace, results: dict[str, list[dict]], config: dict, load_before: Any,
+           load_after: Any, date: str) -> None:
+    """Summary statistics, targets and the Markdown table from the per-run results."""
+    lora = {k: config[k] for k in ("r", "alpha", "dropout", "target")}
     same_order = all(r["tokens"] == results["trl"][0]["tokens"] for v in results.values() for r in v)
     tps = {k: spread([r["tokens_per_s"] for r in v]) for k, v in results.items()}
     rss = {k: spread([r["peak_rss_mb"] for r in v]) for k, v in results.items()}
@@ -152,12 +167,11 @@ def main() -> None:
     loss_gap = abs(loss["llmtailor"]["median"] - loss["trl"]["median"]) / loss["trl"]["median"]
     worst_spread = max(v["max"] / v["min"] for v in tps.values())
     summary = {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "date": date,
         "machine": f"{platform.machine()} cores={os.cpu_count()}",
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
-        "config": {"method": "lora", **lora, "batch": args.batch,
-                   "steps": args.steps, "max_len": 320, "data": "demo tickets (prepared)"},
+        "config": config,
         "same_examples_same_order": same_order,
         "runs": results,
         "tokens_per_s": tps, "peak_rss_mb": rss, "tail_loss": loss,

@@ -10,6 +10,7 @@ import contextlib
 import os
 import subprocess
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -286,6 +287,9 @@ def train(
     all_callbacks: list[Any] = [MetricsLogger(run_dir / "metrics.jsonl"), *(callbacks or [])]
     if show_progress:
         all_callbacks.append(RichProgress())
+    # transformers' own renames (gradient_checkpointing -> activation_checkpointing) warn from inside TRL; they are
+    # notices for library authors, not for someone training a model.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     trainer = TailorSFTTrainer(
         model=model,
         args=_sft_args(

@@ -66,7 +66,7 @@ def project(tmp_path_factory) -> Path:
         "train": {"max_steps": 2, "batch_size": 2, "save_steps": 2, "learning_rate": 0.0005},
         "eval": {"variants": ["base", "base_rag", "tuned_rag"], "max_new_tokens": 16, "batch_size": 4,
                  "max_examples": 3, "bootstrap": {"resamples": 100}, "metrics": ["exact_match", "token_f1"],
-                 "gates": ["tuned_rag.context_recall >= 0", "base_rag.abstain_rate <= 1"]},
+                 "gates": ["tuned_rag.context_recall > 0", "data.leakage == 0"]},  # both can fail
         "rag": {"index_dir": "rag-index", "answer": {"max_context_chunks": 2}},
     }
     (root / "tailor.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")

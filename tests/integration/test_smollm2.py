@@ -83,7 +83,13 @@ def test_whole_loop_through_the_cli(tmp_path):
         assert 0.0 <= variant["json_compliance"] <= 1.0 and variant["eval_loss"] > 0
     assert results["regression"]["status"] == "ok" and results["regression"]["seconds"] > 0
     assert (run_dir / "eval" / "regression.jsonl").exists() and results["redteam"].get("status") != "skipped"
-    assert results["ladder"] and len(out["gates"]) == 2  # the demo's two gates, each checked
+    assert results["ladder"] and len(out["gates"]) == 4  # the demo's four gates, each checked
+    gate_paths = {g["path"] for g in out["gates"]}
+    assert {"json_compliance", "field_accuracy_mean", "data.leakage"} <= gate_paths
+    # The speed paths are on and recorded: precision with its reason, label-only loss, the batching used.
+    assert info["precision"] in ("bf16", "fp32") and info["precision_reason"]
+    assert info["label_only_loss"] is True and info["batching"] == "length buckets"
+    assert 0.0 <= info["padding_share"] < 0.5 and info["eval_precision"] == info["precision"]
     # Four steps on the task already lower the held-out loss on the answers.
     assert results["variants"]["tuned"]["eval_loss"] < results["variants"]["base"]["eval_loss"]
     html = Path(out["report"]).read_text()
