@@ -259,7 +259,6 @@ def train(
         raise TailorError(f"{train_file}: the training split is empty")
     dataset = build_dataset(rows, tokenizer, max_len, t.assistant_only_loss)
     tokens_per_epoch = count_tokens(dataset)
-    lengths = [len(ids) for ids in dataset["input_ids"]]
 
     packing, batching = False, "random order"
     if t.packing:
@@ -277,12 +276,6 @@ def train(
     bucket = not packing and (t.group_by_length or t.packing)
     if bucket and not t.packing:
         batching = "length buckets"
-    if bucket:
-        from llmtailor.train.trainer import BucketSampler, padding_share
-
-        planned_padding = padding_share(lengths, BucketSampler(lengths, t.batch_size, t.seed).batches())
-    else:
-        planned_padding = None
 
     all_callbacks: list[Any] = [MetricsLogger(run_dir / "metrics.jsonl"), *(callbacks or [])]
     if show_progress:
@@ -300,8 +293,13 @@ def train(
         peft_config=peft_config(t),
         callbacks=all_callbacks,
         autocast_bf16=precision.bf16 and choice.device == "cpu",
-        bucket_lengths=lengths if bucket else None,
+        buckets=bucket,
     )
+    planned_padding = None
+    if bucket:
+        from llmtailor.train.trainer import padding_share
+
+        planned_padding = padding_share(trainer.row_lengths(), trainer.bucket_sampler().batches())
     update_run(
         run_dir,
         **precision.as_dict(),

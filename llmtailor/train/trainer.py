@@ -18,7 +18,7 @@ from llmtailor.train.loss import label_only_loss, supports_label_only
 
 
 class BucketSampler(Sampler[int]):
-    """Length buckets with the least padding: rows sorted by length, cut into batches, batches shuffled.
+    """Length buckets with the least padding: rows sorted by length, cut into batches, full batches shuffled.
 
     The order depends only on (seed, epoch), so a resumed run replays the same batches. Ties in length are broken
     at random each epoch, so rows of equal length still meet different neighbours.
@@ -36,8 +36,10 @@ class BucketSampler(Sampler[int]):
         keys = [rng.random() for _ in self.lengths]
         order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], keys[i]))
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        # The DataLoader cuts the index stream every batch_size rows, so a short batch may only come last.
+        tail = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
         rng.shuffle(batches)
-        return batches
+        return batches + tail
 
     def __iter__(self) -> Iterator[int]:
         for batch in self.batches():
@@ -57,8 +59,8 @@ def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
 class TailorSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss projects only label positions and runs the forward under bf16 autocast on CPU."""
 
-    def __init__(self, *args: Any, label_only: bool = True, autocast_bf16: bool = False,
-                 bucket_lengths: list[int] | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, label_only: bool = True, autocast_bf16: bool = False, buckets: bool = False,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.label_only = label_only and supports_label_only(self.model)
         self.autocast_bf16 = autocast_bf16
@@ -66,12 +68,19 @@ class TailorSFTTrainer(SFTTrainer):
             from llmtailor.train.lora_fp32 import keep_adapters_fp32
 
             keep_adapters_fp32(self.model)
-        self.bucket_lengths = bucket_lengths
+        self.buckets = buckets
         self.token_counts = {"real": 0, "positions": 0}
 
+    def row_lengths(self) -> list[int]:
+        """Token count of each row of the dataset TRL actually trains on (after its own filtering and truncation)."""
+        return [len(ids) for ids in self.train_dataset["input_ids"]]
+
+    def bucket_sampler(self) -> BucketSampler:
+        return BucketSampler(self.row_lengths(), self.args.per_device_train_batch_size, self.args.seed)
+
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-        if self.bucket_lengths is not None:
-            return BucketSampler(self.bucket_lengths, self.args.per_device_train_batch_size, self.args.seed)
+        if self.buckets:
+            return self.bucket_sampler()
         return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,

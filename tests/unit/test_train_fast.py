@@ -90,7 +90,10 @@ def test_bucket_sampler_is_a_deterministic_permutation_with_little_padding():
     assert list(BucketSampler(lengths, 8, seed=7)) == first  # resume replays the same order
     s.set_epoch(1)
     assert list(s) != first
-    bucketed = padding_share(lengths, s.batches())
+    batches = s.batches()
+    assert all(len(b) == 8 for b in batches[:-1]) and len(batches[-1]) == 101 % 8  # the short batch comes last
+    assert [i for b in batches for i in b] == list(s)  # the DataLoader's cuts fall on the bucket boundaries
+    bucketed = padding_share(lengths, batches)
     random_batches = [list(range(i, min(i + 8, 101))) for i in range(0, 101, 8)]
     assert bucketed < 0.1 and bucketed * 3 < padding_share(lengths, random_batches)
 
@@ -131,6 +134,7 @@ def test_run_json_records_precision_padding_and_loss_path(tmp_path, tiny_model_d
     assert info["precision"] == "fp32" and "asked for" in info["precision_reason"]
     assert info["label_only_loss"] is True and info["batching"] == "length buckets"
     assert info["padding_share"] is not None and info["padding_share_planned"] is not None
+    assert info["padding_share"] <= info["padding_share_planned"] + 0.02  # the batches trained are the planned ones
 
 
 def test_explicit_bf16_on_a_cpu_without_it_is_an_error(tmp_path, tiny_model_dir, dataset, monkeypatch):  # noqa: F811
