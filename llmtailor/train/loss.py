@@ -46,6 +46,14 @@ def supports_label_only(model: Any) -> bool:
         hasattr(inner, prefix)
 
 
+def _right_padded(mask: Any) -> bool:
+    """Every row is ones then zeros: padding only after the real tokens."""
+    import torch
+
+    lengths = mask.sum(dim=1, keepdim=True)
+    return bool(torch.equal(mask.bool(), torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths))
+
+
 def label_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, *,
                     autocast_bf16: bool = False) -> LabelLoss:
     """Next-token cross-entropy over label positions only: sum of -log p / (num_items_in_batch or label count)."""
@@ -58,6 +66,12 @@ def label_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any 
     labels = inputs["labels"]
     kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "assistant_masks")}
     kwargs["use_cache"] = False
+    mask = kwargs.get("attention_mask")
+    if mask is not None and "position_ids" not in kwargs and _right_padded(mask):
+        # Causal attention never looks ahead, so right padding cannot reach a real token: without the mask the
+        # real positions compute exactly the same, and sdpa can take its fused causal kernel instead of
+        # materialising a batch x heads x seq x seq mask and weights. Pad positions carry no label.
+        del kwargs["attention_mask"]
     device_type = labels.device.type
     ctx = torch.autocast(device_type, dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
     with ctx:

@@ -199,3 +199,11 @@ def test_trainable_weights_stay_fp32_under_bf16(tmp_path, tiny_model_dir, datase
     assert info["precision"] == "bf16" and info["base_weights"] == "bf16"
     trainable = [p for p in seen["model"].parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
+
+
+def test_only_right_padding_drops_the_mask():
+    from llmtailor.train.loss import _right_padded
+
+    assert _right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
+    assert not _right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))  # left padding must keep its mask
+    assert not _right_padded(torch.tensor([[1, 0, 1]]))
