@@ -166,6 +166,7 @@ def main() -> None:
 
     import torch
 
+    from llmtailor.data.leakage import dataset_leakage_results
     from llmtailor.eval.evaluate import Models
     from llmtailor.eval.ladder import fewshot_prompt, pick_fewshot
     from llmtailor.pipeline import prepare_stage, train_stage
@@ -264,7 +265,7 @@ def main() -> None:
                  "prepared_train_rows": len(prepared_train), "prepared_heldout_rows": len(prepared_eval),
                  "test_per_class": args.test_per_class, "test_subset": len(test_sub),
                  "base_test_per_class": args.base_test_per_class, "base_test_subset": len(base_test),
-                 "leakage": _leakage(version.path),
+                 "leakage": dataset_leakage_results(version.path).get("gate_values", {}).get("leakage"),
                  "tuned_system_prompt_tokens": len(tok(TUNED_SYSTEM)["input_ids"]),
                  "dataset_hash": version.hash, "system_prompt_tokens": len(tok(system)["input_ids"])},
         "train": {"method": cfg.train.method, "steps": trained.steps, "batch_size": cfg.train.batch_size,
@@ -285,14 +286,6 @@ def main() -> None:
     (args.out / "banking77.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (args.out / "banking77.md").write_text(markdown(result), encoding="utf-8")
     print(markdown(result))
-
-
-def _leakage(dataset_dir: Path) -> object:
-    """The golden-test-set leakage count prepare wrote into the data card (None if absent)."""
-    card = json.loads((dataset_dir / "card.json").read_text(encoding="utf-8")) if (dataset_dir / "card.json").exists() \
-        else {}
-    leak = card.get("leakage") or {}
-    return leak.get("count", leak) if isinstance(leak, dict) else leak
 
 
 def markdown(r: dict) -> str:

@@ -25,25 +25,13 @@ class LabelLoss:
     correct: int
 
 
-def _causal_lm(model: Any) -> Any:
-    """The `*ForCausalLM` module under PEFT / accelerate wrappers (adapter layers stay injected in it)."""
-    inner = model
-    for _ in range(4):
-        if hasattr(inner, "get_base_model"):  # PeftModel
-            inner = inner.get_base_model()
-        elif hasattr(inner, "module") and not hasattr(inner, "get_output_embeddings"):  # DDP-style wrapper
-            inner = inner.module
-        else:
-            break
-    return inner
-
-
-def supports_label_only(model: Any) -> bool:
-    """Whether the model exposes a backbone and an output embedding this loss can drive."""
-    inner = _causal_lm(model)
-    prefix = getattr(inner, "base_model_prefix", "model")
-    return hasattr(inner, "get_output_embeddings") and inner.get_output_embeddings() is not None and \
-        hasattr(inner, prefix)
+def backbone_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder backbone, LM head) of a causal LM, under a PEFT wrapper too (adapter layers stay injected in it);
+    None for a model without that shape. Distributed wrappers never reach here: the trainer hands those to TRL."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(inner, getattr(inner, "base_model_prefix", "model"), None)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    return (backbone, head) if backbone is not None and head is not None else None
 
 
 def _right_padded(mask: Any) -> bool:
@@ -60,9 +48,10 @@ def label_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any 
     import torch
     import torch.nn.functional as F
 
-    inner = _causal_lm(model)
-    backbone = getattr(inner, inner.base_model_prefix)
-    head = inner.get_output_embeddings()
+    parts = backbone_and_head(model)
+    if parts is None:
+        raise TypeError(f"{type(model).__name__}: no decoder backbone and LM head to compute a label-only loss")
+    backbone, head = parts
     labels = inputs["labels"]
     kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "assistant_masks")}
     kwargs["use_cache"] = False

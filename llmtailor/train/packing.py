@@ -15,8 +15,13 @@ def isolates_packed_rows(model: Any, atol: float = 1e-4) -> bool:
     """True when the second of two packed rows gets the same hidden states as when it runs alone."""
     import torch
 
+    from llmtailor.train.loss import backbone_and_head
+
+    parts = backbone_and_head(model)
+    if parts is None:
+        return False
+    backbone = parts[0]
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(inner, inner.base_model_prefix)
     vocab = int(inner.config.get_text_config().vocab_size)
     gen = torch.Generator().manual_seed(0)
     first = torch.randint(3, vocab, (5,), generator=gen)

@@ -41,12 +41,6 @@ class TrainResult:
         return d
 
 
-def _stderr_say(msg: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(msg)
-
-
 def _code_version() -> str:
     """Package version plus git commit when run from a checkout (recorded for lineage)."""
     try:
@@ -197,7 +191,9 @@ def train(
 
     t = cfg.train
     if say is None:
-        say = _stderr_say if show_progress else (lambda msg: None)
+        from llmtailor.cli.output import console
+
+        say = console.print if show_progress else (lambda msg: None)
     choice = choose_device(cfg.model)
     if t.method == "qlora" and choice.device != "cuda":
         raise TailorError("train.method 'qlora' needs a CUDA GPU with bitsandbytes; on CPU use method: lora")

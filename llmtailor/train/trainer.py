@@ -14,7 +14,7 @@ from typing import Any
 from torch.utils.data import Sampler
 from trl import SFTTrainer
 
-from llmtailor.train.loss import label_only_loss, supports_label_only
+from llmtailor.train.loss import backbone_and_head, label_only_loss
 
 
 class BucketSampler(Sampler[int]):
@@ -62,7 +62,7 @@ class TailorSFTTrainer(SFTTrainer):
     def __init__(self, *args: Any, label_only: bool = True, autocast_bf16: bool = False, buckets: bool = False,
                  **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.label_only = label_only and supports_label_only(self.model)
+        self.label_only = label_only and backbone_and_head(self.model) is not None
         self.autocast_bf16 = autocast_bf16
         if autocast_bf16:
             from llmtailor.train.lora_fp32 import keep_adapters_fp32
