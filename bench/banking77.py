@@ -331,7 +331,7 @@ def markdown(r: dict) -> str:
         f"{tp['model']}, greedy, max_new_tokens={tp['max_new_tokens']}: batched (8) {tp['batched_8_s']:.0f} s = "
         f"{tp['batched_8_examples_per_s']:.3f} examples/s; one at a time {tp['one_at_a_time_s']:.0f} s = "
         f"{tp['one_at_a_time_examples_per_s']:.3f} examples/s; batched is {tp['speedup']:.2f}x "
-        f"({tp['same_outputs']}/{tp['prompts']} identical outputs).",
+        f"({tp['same_outputs']}/{tp['prompts']} identical outputs). One pair, no repeats: not a speed result.",
         "",
         "Few-shot examples (llmtailor.eval.ladder.pick_fewshot over the prepared train split): "
         + "; ".join(f"\"{s['text']}\" -> {s['label']}" for s in r["fewshot_examples"]) + ".",

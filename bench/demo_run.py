@@ -102,7 +102,7 @@ def main() -> None:
         f"padding share {run.get('padding_share')}.",
         f"Eval stage: {out['stage_seconds'].get('eval'):.0f} s in bf16 (`model.precision: auto`) vs "
         f"{fp32_eval_s:.0f} s for the same evaluation in fp32 (`tailor eval` on a copy of the run, same benchmark "
-        "run).",
+        "run): one pair, no repeats; not a speed result.",
         "Gates: " + "; ".join(f"{g['text']}: {'pass' if g['passed'] else 'FAIL'} ({g['reason']})"
                               for g in (results.get("gates") or {}).get("results", [])) + ".",
         f"Data: {card.get('rows_in')} rows in, {card.get('rows_kept')} kept, {card.get('train_rows')} train / "
