@@ -42,3 +42,8 @@ class ConfigError(RowError):
 
 class ModelNotFoundError(TailorError):
     """The base model is neither a known packaged name nor a local Hugging Face folder."""
+
+
+class UnsupportedAdapter(TailorError):
+    """An adapter the serving engine cannot apply (DoRA on llama.cpp): the client's request, not the server, is at
+    fault, so the API answers 400 with the reason."""

@@ -66,19 +66,9 @@ def generate_detailed(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
 
-    progress = None
-    task = None
-    if show_progress:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from llmtailor.cli.output import progress_bar
 
-        progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=False,
-        )
-        progress.start()
-        task = progress.add_task(description, total=len(encoded))
-    try:
+    with progress_bar(description, len(encoded), enabled=show_progress) as advance:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             width = max(len(encoded[i]) for i in idx)
@@ -110,9 +100,5 @@ def generate_detailed(
                 new = out[row, width:]
                 cut = len(new) >= max_new_tokens and tokenizer.eos_token_id not in new.tolist()
                 outputs[i] = Generation(tokenizer.decode(new, skip_special_tokens=True).strip(), cut)
-            if progress is not None:
-                progress.advance(task, len(idx))
-    finally:
-        if progress is not None:
-            progress.stop()
+            advance(len(idx))
     return outputs

@@ -15,8 +15,9 @@ def serve(
     config: Path = CONFIG,
     host: str = typer.Option(None, "--host", help="Interface (default serve.host, 127.0.0.1)."),
     port: int = typer.Option(None, "--port", help="TCP port (default serve.port, 8000)."),
-    engine: str = typer.Option("transformers", "--engine", help="transformers (built in, every feature) or vllm "
-                               "(GPU: base + LoRA adapters through vLLM's own OpenAI server)."),
+    engine: str = typer.Option(None, "--engine", help="auto (default serve.engine: llama.cpp on CPU when "
+                               "installed), llamacpp, transformers (every feature, DoRA) or vllm (GPU: vLLM's own "
+                               "OpenAI server)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --engine vllm: print the vLLM command, start nothing."),
     json_out: bool = JSON,
 ) -> None:
@@ -28,8 +29,8 @@ def serve(
     from llmtailor.registry.db import Registry
     from llmtailor.serve.app import create_app
 
-    if engine not in ("transformers", "vllm"):
-        raise TailorError(f"--engine {engine}: choose transformers or vllm")
+    if engine not in (None, "auto", "llamacpp", "transformers", "vllm"):
+        raise TailorError(f"--engine {engine}: choose auto, llamacpp, transformers or vllm")
     cfg = load_config(config)
     registry = Registry.for_config(cfg)
     if engine == "vllm":
@@ -38,8 +39,12 @@ def serve(
     if cfg.serve.require_api_key and not registry.list_keys():
         console.print("[yellow]warning:[/] API keys are required and none exist: create one with "
                       "`tailor keys create --tenant T --models '*'`")
+    from llmtailor.serve.engines import choose_engine
+
+    choice = choose_engine(cfg.model, engine or cfg.serve.engine)
+    console.print(f"engine: [bold]{choice.name}[/] ({choice.reason})")
     with console.status("Loading the base model..."):
-        app = create_app(cfg, registry=registry)
+        app = create_app(cfg, registry=registry, engine_name=choice.name)
     h, p = host or cfg.serve.host, port if port is not None else cfg.serve.port
     console.print(f"[green]serving[/] {app.state.server.base_name} on http://{h}:{p}/v1 "
                   f"(aliases: {', '.join(cfg.serve.aliases) or 'none'}; registry {registry.display_url})")

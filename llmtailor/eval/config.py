@@ -115,6 +115,10 @@ class EvalConfig(BaseModel):
 
     max_new_tokens: int = Field(96, ge=1, description="Tokens generated per held-out prompt.")
     batch_size: int = Field(8, ge=1, description="Prompts generated together.")
+    engine: Literal["auto", "transformers", "llamacpp"] = Field(
+        "auto", description="Engine that generates the ladder's answers (same prompts, same scoring). auto: "
+        "llama.cpp on CPU when llama-cpp-python is installed and the base has a GGUF, else transformers. Eval loss "
+        "always uses transformers.")
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most this many held-out rows (all if unset).")
     json_schema: Path | None = Field(
         None,

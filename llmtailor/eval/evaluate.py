@@ -8,6 +8,7 @@ ladder.py). Results are written after every variant (status "partial"), so a cra
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,43 @@ class Models:
             has_adapter = base is None and hasattr(tuned, "disable_adapter")
         self.tuned, self.tok, self.has_adapter, self._base = tuned, tok, has_adapter, base
         self._structured: Any = None
+        self.run_dir = run_dir
+        from llmtailor.serve.engines import choose_engine
+
+        self.engine = choose_engine(cfg.model, cfg.eval.engine)
+        self._llama: Any = None
+        self._schema: dict | None = None
+
+    def close(self) -> None:
+        if self._llama is not None:
+            self._llama.close()
+            self._llama = None
+
+    def _llama_adapter(self, mode: str) -> tuple[bool, Path | None]:
+        """Whether llama.cpp can answer for `mode`, and the GGUF LoRA it needs (None: the plain base)."""
+        if self.engine.name != "llamacpp":
+            return False, None
+        if mode != "tuned":
+            return True, None
+        adapter = self.run_dir / "adapter"
+        if not adapter.exists() or json.loads((adapter / "adapter_config.json").read_text()).get("use_dora"):
+            return False, None  # full fine-tune or DoRA: llama.cpp cannot apply it, transformers answers
+        from llmtailor.export.gguf import base_gguf, cached_adapter_gguf
+
+        return True, cached_adapter_gguf(adapter, base_gguf(self.cfg.model))
+
+    def _generate_llama(self, adapter: Path | None, convs: list[list[dict]], max_new_tokens: int,
+                        show_progress: bool, description: str, constrained: bool) -> list[Any]:
+        from llmtailor.cli.output import progress_bar
+        from llmtailor.export.gguf import base_gguf
+        from llmtailor.generate_llamacpp import LlamaCppGenerator
+
+        if self._llama is None:
+            self._llama = LlamaCppGenerator(base_gguf(self.cfg.model), self.tok)
+        schema = self._schema if constrained else None
+        with progress_bar(description, len(convs), enabled=show_progress) as advance:
+            return self._llama.generate_detailed(convs, max_new_tokens=max_new_tokens, adapter=adapter,
+                                                 schema=schema, progress=advance)
 
     @contextlib.contextmanager
     def use(self, mode: str):
@@ -114,6 +152,10 @@ class Models:
         under a fresh grammar matcher per row when `constraint` (see `json_constraint`) is given."""
         from llmtailor.generate import generate_detailed
 
+        ok, adapter = self._llama_adapter(mode)
+        if ok:
+            return self._generate_llama(adapter, convs, max_new_tokens, show_progress, description,
+                                        constraint is not None)
         with self.use(mode) as m:
             return generate_detailed(m, self.tok, convs, max_new_tokens=max_new_tokens,
                                      batch_size=self.cfg.eval.batch_size, show_progress=show_progress,
@@ -128,6 +170,7 @@ class Models:
             self._structured = StructuredOutput.for_model(self.tuned, self.tok, [self.tok.eos_token_id])
         so = self._structured
         fmt = ResponseFormat("json_schema", schema, "eval")
+        self._schema = schema
         try:
             so.constraint(fmt, max_new_tokens)
         except ResponseFormatError as e:
@@ -404,6 +447,7 @@ def evaluate(
     infer = getattr(models.tuned, "llmtailor_precision", None)
     if infer is not None:
         say(f"precision {infer.name}: {infer.reason}")
+    say(f"generation engine {models.engine.name}: {models.engine.reason}")
     constraint = None
     not_enforced: list[str] = []
     if any(v.constrained for v in variants):  # compile the grammar before generating anything
@@ -434,7 +478,8 @@ def evaluate(
         "labels": labels if task == "label" else None,
         "fewshot": {"k": len(shots), "ids": [s.get("id") for s in shots]} if shots else None,
         "generation": {"greedy": True, "max_new_tokens": cfg.eval.max_new_tokens,
-                       "batch_size": cfg.eval.batch_size, "seed": cfg.eval.seed},
+                       "batch_size": cfg.eval.batch_size, "seed": cfg.eval.seed, "engine": models.engine.name,
+                       "engine_reason": models.engine.reason},
         # constrained twin -> its free variant (same weights and prompt, decoded under the schema's grammar)
         "constrained_decoding": {"enabled": cfg.eval.constrained_decoding, "engine": "xgrammar", "variants": {
             v.name: v.name.removesuffix(CONSTRAINED_SUFFIX) for v in variants if v.constrained},
@@ -521,6 +566,7 @@ def evaluate(
         gates=results["gates"],
         **({"eval_precision": infer.name, "eval_precision_reason": infer.reason} if infer is not None else {}),
     )
+    models.close()  # llama.cpp contexts (if any) are rebuilt on the next use
     return EvalResult(run_dir, results_path, results["variants"], len(rows), skipped, gates, results)
 
 

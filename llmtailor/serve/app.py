@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmtailor.chat import prompt_ids, render_prompt
-from llmtailor.errors import TailorError
+from llmtailor.errors import TailorError, UnsupportedAdapter
 from llmtailor.serve.config import AliasConfig, GuardrailConfig, served_base_name
 from llmtailor.serve.engine import ContextLengthError, Engine, GenRequest
 from llmtailor.serve.guardrails import check_input, check_output, load_schema
@@ -381,6 +381,8 @@ class Server:
                                     "on its own with model.base_model set to its folder.", param="model")
             try:
                 self.engine.add_adapter(name, path)
+            except UnsupportedAdapter as e:  # e.g. DoRA on llama.cpp: the request asks what this engine cannot do
+                raise APIError(400, str(e), param="model", code="unsupported_adapter") from e
             except TailorError as e:
                 raise APIError(500, str(e), type="server_error") from e
         return name
@@ -493,17 +495,13 @@ def _abs(path: Path | None, base: Path) -> Path | None:
 
 # ---- the app -------------------------------------------------------------------------------------
 def create_app(cfg: Any, *, engine: Engine | None = None, registry: Any = None, embedder: Any = None,
-               metrics: Metrics | None = None) -> FastAPI:
-    """The FastAPI app. Without `engine`, the configured base model is loaded (the CLI path)."""
+               metrics: Metrics | None = None, engine_name: str | None = None) -> FastAPI:
+    """The FastAPI app. Without `engine`, the configured engine is built on the base model (the CLI path)."""
     metrics = metrics or Metrics()
     if engine is None:
-        from llmtailor.models import load_model
+        from llmtailor.serve.engines import build_engine, choose_engine
 
-        model, tok = load_model(cfg.model)
-        s = cfg.serve
-        engine = Engine(model, tok, max_batch_size=s.max_batch_size, batch_wait_ms=s.batch_wait_ms,
-                        max_model_len=s.max_model_len, max_loaded_adapters=s.max_loaded_adapters, stats=metrics,
-                        prefix_cache_size=s.prefix_cache_size, prefix_min_tokens=s.prefix_min_tokens)
+        engine = build_engine(cfg, choose_engine(cfg.model, engine_name or cfg.serve.engine), stats=metrics)
     else:
         engine.stats = metrics
     server = Server(cfg, engine, registry, metrics=metrics, embedder=embedder)

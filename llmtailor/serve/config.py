@@ -167,6 +167,12 @@ class ServeConfig(BaseModel):
     base_name: str | None = Field(None, description="Model name of the plain base model (default: model.base_model).")
     require_api_key: bool = Field(True, description="Every route except /health needs `Authorization: Bearer KEY`.")
     rate_limit_per_minute: int = Field(120, ge=1, description="Default requests per minute per key.")
+    engine: Literal["auto", "transformers", "llamacpp"] = Field(
+        "auto", description="Decoding engine. auto: llama.cpp on CPU when llama-cpp-python is installed "
+        "(`pip install 'llmtailor[llamacpp]'`) and the base has a GGUF, else transformers. `tailor serve --engine` "
+        "overrides it (also `vllm`, a separate server).")
+    llamacpp_slots: int = Field(
+        4, ge=1, le=64, description="llama.cpp engine: requests decoded at once (one context each, round-robin).")
     max_batch_size: int = Field(16, ge=1, le=256, description="Requests decoded together in one batch.")
     batch_wait_ms: float = Field(
         8.0, ge=0, le=1000, description="How long the batcher waits for more requests after the first arrives."

@@ -50,7 +50,7 @@ def test_openai_sdk_chat_stream_models_embeddings_and_errors(server):
     names = [m.id for m in client.models.list().data]
     assert names[:2] == ["smollm2-135m-instruct", "triage"] and "all-minilm-l6-v2" in names
 
-    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    msgs = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
     whole = client.chat.completions.create(model="smollm2-135m-instruct", messages=msgs, max_tokens=24)
     text = whole.choices[0].message.content
     assert "Paris" in text and whole.usage.completion_tokens <= 24
