@@ -13,13 +13,14 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import queue
 import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
 
 from fastapi import FastAPI, Request
@@ -36,21 +37,43 @@ from llmtailor.serve.routing import RouteInput, Router
 from llmtailor.serve.shadow import ShadowJob, ShadowRunner, ShadowTarget
 from llmtailor.serve.structured import ResponseFormatError, parse_response_format, validate
 
+log = logging.getLogger("llmtailor.serve")
+
 
 class APIError(Exception):
-    """An error the client caused (or a server fault), in OpenAI's shape."""
+    """An error the client caused (or a server fault), in OpenAI's shape.
+
+    `detail` is for the server log only: exception text can carry paths, SQL or library internals, so a fault's
+    answer says what failed and a request id, and the log line with that id says why.
+    """
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, detail: str | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.detail = detail
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+    def response(self, request_id: str | None = None) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if request_id:
+            headers["x-request-id"] = request_id
+        return JSONResponse(self.body(), status_code=self.status, headers=headers or None)
+
+
+def _fault(status: int, what: str, exc: BaseException | str, **kw: Any) -> APIError:
+    """A server-side failure: `what` is answered, the exception text only logged (see APIError)."""
+    detail = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return APIError(status, what, type="server_error", detail=detail, **kw)
+
+
+def _logged(exc: APIError, request_id: str, where: str) -> APIError:
+    """The answer for a fault whose detail is logged now under `request_id` (the client quotes it to the operator)."""
+    log.error("%s failed (request id %s): %s", where, request_id, exc.detail)
+    return APIError(exc.status, f"{exc.message.rstrip('.')} (request id {request_id}; details in the server log).",
+                    type=exc.type, param=exc.param, code=exc.code)
 
 
 # ---- request bodies ------------------------------------------------------------------------------
@@ -117,8 +140,20 @@ def _parse(model: type[BaseModel], raw: Any) -> Any:
                        else "invalid_value") from None
 
 
-async def _body(request: Request) -> Any:
-    raw = await request.body()
+async def _body(request: Request, limit: int) -> Any:
+    """The JSON body, refused with 413 once it passes `limit` bytes (declared or counted), before it is parsed."""
+    too_large = APIError(413, f"The request body is larger than {limit} bytes (serve.max_request_bytes).",
+                         code="request_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():  # chunked uploads declare no length: count what arrives
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -239,6 +274,9 @@ class Server:
                         for name, a in self.serve.aliases.items() if a.guardrails.json_schema}
         self.router = Router(self.serve.aliases, self.embedder)
         self.shadows = ShadowRunner(self)
+        self._folders: dict[str, Path] = {}  # engine adapter name -> folder, for every adapter registered here
+        self._alias_found: dict[str, tuple[str, Path]] = {}  # alias adapter spec -> (engine name, folder)
+        self._token_chars: int | None = None  # longest vocabulary entry, in characters (0 = unknown)
 
     # ---- auth ------------------------------------------------------------------------------------
     def authenticate(self, request: Request) -> Caller:
@@ -254,7 +292,7 @@ class Server:
         try:
             info = self.registry.find_key(secret.strip())
         except TailorError as e:
-            raise APIError(503, f"Key store unavailable: {e}", type="server_error", code="registry_unavailable") from e
+            raise _fault(503, "Key store unavailable.", e, code="registry_unavailable") from e
         if info is None:
             raise APIError(401, "Incorrect or revoked API key provided.", code="invalid_api_key")
         caller = Caller(info.id, info.tenant, info.groups, info.level, info.models, info.rate_limit)
@@ -265,24 +303,82 @@ class Server:
                            type="requests", code="rate_limit_exceeded")
         return caller
 
+    def is_operator(self, caller: Caller) -> bool:
+        """May this key read /metrics and /health details, which name every tenant's aliases and adapters?
+
+        There is no admin flag on keys: the operator's keys are those of a tenant in `serve.metrics_tenants`
+        (default: the tenant named like the project) whose models allow '*'. Without required keys, all is open.
+        """
+        if not self.serve.require_api_key:
+            return True
+        tenants = self.serve.metrics_tenants if self.serve.metrics_tenants is not None else [self.cfg.project]
+        return caller.tenant in tenants and "*" in caller.models
+
+    def metric_label(self, model: str) -> str:
+        """`model` as a Prometheus label before it resolved: a configured name, else 'unknown' (bounded labels)."""
+        known = {self.base_name, *self.serve.aliases, self.cfg.project, f"{self.cfg.project}:staging",
+                 self.embedding_name()}
+        return model if model in known else "unknown"
+
+    def public_source(self, source: str) -> str:
+        """A citation's source as clients see it: relative to the project folder, else the file name only.
+
+        Sources are absolute paths on the server; they say where documents (and the operator's disk layout) live.
+        Other sources (records, URLs) are kept.
+        """
+        if PureWindowsPath(source).drive and not Path(source).is_absolute():
+            return PureWindowsPath(source).name
+        path = Path(source)
+        if not path.is_absolute():
+            return source
+        for base in (self.cfg.base_dir.absolute(), self.cfg.base_dir.resolve()):
+            with contextlib.suppress(ValueError):
+                return path.relative_to(base).as_posix()
+        return path.name
+
+    def check_chars(self, texts: list[str], max_tokens: int, param: str) -> None:
+        """Refuse a prompt that cannot fit the context before anything tokenizes, routes, guards or retrieves it.
+
+        No token covers more characters than the longest vocabulary entry, so C non-space characters are at least
+        C / that many tokens (halved again as a margin for normalizers that drop characters, such as accent marks):
+        a megabyte prompt costs a character count, not a tokenizer pass or PII analysis.
+        """
+        if self._token_chars is None:
+            try:
+                self._token_chars = max(map(len, self.tokenizer.get_vocab()), default=0)
+            except Exception:  # a tokenizer without a vocabulary to read: the exact token count still applies
+                self._token_chars = 0
+        limit = getattr(self.engine, "max_model_len", None)
+        if not self._token_chars or not limit:
+            return
+        least = sum(len("".join(t.split())) for t in texts) // (2 * self._token_chars)
+        if least + max_tokens > limit:
+            raise APIError(400, f"This model's maximum context length is {limit} tokens. However, your messages are "
+                                f"at least {least} tokens long, and {max_tokens} more were requested for the "
+                                "completion. Please reduce the length of the messages or completion.",
+                           param=param, code="context_length_exceeded")
+
     # ---- model resolution ------------------------------------------------------------------------
     def visible_models(self, caller: Caller) -> list[str]:
-        names = [self.base_name, *self.serve.aliases]
-        if self.deployments.get("production"):
-            names.append(self.cfg.project)
-        if self.deployments.get("staging"):
-            names.append(f"{self.cfg.project}:staging")
+        """What this key may call: the same checks as `resolve`, so nothing listed answers 404."""
+        out = [self.base_name] if caller.allows(self.base_name) else []
+        for name, alias in self.serve.aliases.items():
+            if caller.allows(name) and (not alias.tenants or caller.tenant in alias.tenants):
+                out.append(name)
+        raw: list[tuple[str, str, Path | None, str | None]] = []  # (model, engine name, folder, stage)
+        for stage, model in (("production", self.cfg.project), ("staging", f"{self.cfg.project}:staging")):
+            dep = self.deployments.get(stage)
+            if dep:
+                raw.append((model, dep.adapter_id, Path(dep.adapter_path), stage))
         if self.registry is not None:
             with contextlib.suppress(TailorError):
-                names.extend(a["id"] for a in self.registry.adapters())
-        out = []
-        for n in dict.fromkeys(names):
-            alias = self.serve.aliases.get(n)
-            if alias is not None and alias.tenants and caller.tenant not in alias.tenants:
-                continue
-            if caller.allows(n):
-                out.append(n)
-        return out
+                raw.extend((a["id"], a["id"], Path(a["path"]), None) for a in self.registry.adapters())
+        with contextlib.suppress(APIError):  # restrictions unknown (registry down): list no raw names
+            rules = self._restrictions()
+            for model, name, folder, stage in raw:
+                if caller.allows(model) and self._raw_allowed(rules, caller, name, folder, stage):
+                    out.append(model)
+        return list(dict.fromkeys(out))
 
     def resolve(self, model: str, caller: Caller, sticky: str) -> Target:
         not_found = APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
@@ -302,7 +398,7 @@ class Server:
             spec = "@staging"
         else:
             spec = model
-        target = Target(model, self._adapter(spec, model, sticky, from_alias=alias is not None), alias)
+        target = Target(model, self._adapter(spec, model, sticky, caller, from_alias=alias is not None), alias)
         target.shadow = self._shadow(spec)
         return target
 
@@ -331,16 +427,25 @@ class Server:
         try:
             hops = self.router.follow(model, features())
         except TailorError as e:
-            raise APIError(500, f"Routing '{model}' failed: {e}", type="server_error") from e
+            raise _fault(500, f"Routing '{model}' failed.", e) from e
         for name, to, reason in hops:
             self.metrics.routed(name, to, reason)
         target = self.resolve(hops[-1][1], replace(caller, models=("*",)), sticky)
         target.routed_from = model
         return target
 
-    def _adapter(self, spec: str | None, model: str, sticky: str, *, from_alias: bool) -> str | None:
+    def _adapter(self, spec: str | None, model: str, sticky: str, caller: Caller, *, from_alias: bool) -> str | None:
+        """The engine adapter a spec names, registered on first use (None = the base).
+
+        An alias's spec is the operator's and may be any folder. Any other spec is the client's `model`: it must
+        be a plain name (a registry id or a run id, never a path), a run folder must lie inside runs_dir once
+        symlinks are resolved, and the adapter must not be one that tenant-restricted aliases keep from this
+        caller's tenant (see `_restrictions`).
+        """
         if spec is None:
             return None
+        not_found = APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
+                             param="model", code="model_not_found")
         if spec.startswith("@"):
             stage = spec[1:]
             if not self.deployments_loaded:
@@ -354,25 +459,87 @@ class Server:
                 bucket = int(hashlib.sha256(f"{sticky}|dep-{dep.id}".encode()).hexdigest()[:8], 16) % 10000
                 if bucket < dep.canary_percent * 100:
                     aid, path = dep.canary_adapter_id, dep.canary_path
+            if not from_alias and not self._raw_allowed(self._restrictions(), caller, aid, Path(path), stage):
+                raise not_found
             return self._register(aid, Path(path))
-        if self.engine.has_adapter(spec):
-            return spec
-        found = None
+        if not from_alias and not _plain_name(spec):
+            raise not_found
+        found = self._find(spec, from_alias=from_alias)
+        if found is None:
+            if not self.engine.has_adapter(spec):  # one its builder added to the engine is served by its name
+                raise not_found
+            name, folder = spec, None
+        else:
+            name, folder = found
+        if not from_alias and not self._raw_allowed(self._restrictions(), caller, name, folder, None):
+            raise not_found
+        return self._register(name, folder) if folder is not None else name
+
+    def _find(self, spec: str, *, from_alias: bool) -> tuple[str, Path] | None:
+        """(engine name, folder) of an adapter spec that is not a stage, without loading it; None if unknown."""
+        if spec in self._folders:
+            return spec, self._folders[spec]
         if self.registry is not None:
             try:
                 found = self.registry.adapter(spec)
             except TailorError as e:
-                raise APIError(503, f"Registry unavailable: {e}", type="server_error") from e
-        if found is not None:
-            return self._register(found["id"], Path(found["path"]))
+                raise _fault(503, "Registry unavailable.", e) from e
+            if found is not None:
+                return found["id"], Path(found["path"])
         run_adapter = self.cfg.runs_dir / spec / "adapter"
-        if (run_adapter / "adapter_config.json").exists():
-            return self._register(f"ad-{spec}", run_adapter)
-        folder = _abs(Path(spec), self.cfg.base_dir) if from_alias else None
-        if folder is not None and (folder / "adapter_config.json").exists():
-            return self._register(str(folder), folder)
-        raise APIError(404, f"The model '{model}' does not exist or you do not have access to it.", param="model",
-                       code="model_not_found")
+        if from_alias:
+            if (run_adapter / "adapter_config.json").exists():
+                return f"ad-{spec}", run_adapter
+            folder = _abs(Path(spec), self.cfg.base_dir)
+            if folder is not None and (folder / "adapter_config.json").exists():
+                return str(folder), folder
+            return None
+        real = run_adapter.resolve()
+        if real.is_relative_to(Path(self.cfg.runs_dir).resolve()) and (real / "adapter_config.json").exists():
+            return f"ad-{spec}", run_adapter
+        return None
+
+    def _restrictions(self) -> dict[Any, set[str]]:
+        """Tenants that may reach an adapter by a raw name, for adapters that tenant-restricted aliases serve.
+
+        Keys are engine names, real folders and '@stage' (an alias following a stage restricts the project name
+        and, while deployed there, the stage's adapters). Several restricted aliases on one adapter add up their
+        tenants; an unrestricted alias on it does not lift the restriction on raw names.
+        """
+        rules: dict[Any, set[str]] = {}
+        for alias in self.serve.aliases.values():
+            if not alias.tenants or alias.adapter is None:
+                continue
+            found: list[tuple[str | None, str | Path | None]] = []
+            if alias.adapter.startswith("@"):
+                stage = alias.adapter[1:]
+                rules.setdefault(f"@{stage}", set()).update(alias.tenants)
+                if not self.deployments_loaded:
+                    try:
+                        self.refresh_deployments()
+                    except Exception as e:  # fail closed: without the deployments, the stage's adapters are unknown
+                        raise _fault(503, "Registry unavailable.", e) from e
+                dep = self.deployments.get(stage)
+                if dep is not None:
+                    found = [(dep.adapter_id, dep.adapter_path), (dep.canary_adapter_id, dep.canary_path)]
+            else:
+                if alias.adapter not in self._alias_found:
+                    hit = self._find(alias.adapter, from_alias=True)
+                    if hit is not None:  # unknown ones are looked up again next time (registered later)
+                        self._alias_found[alias.adapter] = hit
+                if alias.adapter in self._alias_found:
+                    found = [self._alias_found[alias.adapter]]
+            for name, folder in found:
+                for key in (name, _real(folder)):
+                    if key is not None:
+                        rules.setdefault(key, set()).update(alias.tenants)
+        return rules
+
+    @staticmethod
+    def _raw_allowed(rules: dict[Any, set[str]], caller: Caller, name: str, folder: Path | None,
+                     stage: str | None) -> bool:
+        keys = (name, _real(folder), f"@{stage}" if stage else None)
+        return all(caller.tenant in rules[k] for k in keys if k is not None and k in rules)
 
     def _register(self, name: str, path: Path) -> str:
         if not self.engine.has_adapter(name):
@@ -384,7 +551,8 @@ class Server:
             except UnsupportedAdapter as e:  # e.g. DoRA on llama.cpp: the request asks what this engine cannot do
                 raise APIError(400, str(e), param="model", code="unsupported_adapter") from e
             except TailorError as e:
-                raise APIError(500, str(e), type="server_error") from e
+                raise _fault(500, f"Loading adapter '{name}' failed.", e) from e
+        self._folders.setdefault(name, path)
         return name
 
     def refresh_deployments(self) -> None:
@@ -486,6 +654,17 @@ def chat_prefix_len(tokenizer: Any, messages: list[dict[str, str]], ids: list[in
     return n
 
 
+def _plain_name(name: str) -> bool:
+    """A run or adapter id as a client may send it: one path component, so it cannot name another folder."""
+    return (bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+            and not PureWindowsPath(name).drive)
+
+
+def _real(path: str | Path | None) -> Path | None:
+    """A folder with symlinks and `..` resolved, so two spellings of one adapter compare equal."""
+    return Path(path).resolve() if path else None
+
+
 def _abs(path: Path | None, base: Path) -> Path | None:
     if path is None:
         return None
@@ -523,10 +702,17 @@ def create_app(cfg: Any, *, engine: Engine | None = None, registry: Any = None, 
     app = FastAPI(title="llmtailor", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
 
+    def request_id(request: Request) -> str:
+        """The completion id once there is one, so the client's id, the log line and the request log match."""
+        return getattr(request.state, "request_id", None) or "req_" + secrets.token_hex(12)
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         metrics.observe_request(getattr(request.state, "model", ""), request.url.path, exc.status)
-        return exc.response()
+        if exc.detail is None:
+            return exc.response()
+        rid = request_id(request)
+        return _logged(exc, rid, f"{request.method} {request.url.path}").response(rid)
 
     @app.exception_handler(404)
     async def _not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -538,16 +724,35 @@ def create_app(cfg: Any, *, engine: Engine | None = None, registry: Any = None, 
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:
-        return APIError(500, f"Internal error: {type(exc).__name__}: {exc}", type="server_error").response()
+        # The exception text stays in the log: it can name files, SQL, keys' hashes or library internals.
+        rid = request_id(request)
+        log.error("%s %s failed (request id %s)", request.method, request.url.path, rid, exc_info=exc)
+        metrics.observe_request(getattr(request.state, "model", ""), request.url.path, 500)
+        return APIError(500, f"The server had an error while processing your request (request id {rid}; details "
+                             "in the server log).", type="server_error", code="internal_error").response(rid)
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": server.base_name, "loaded_adapters": engine.loaded_adapters,
-                "deployments": {k: (v.adapter_id if v else None) for k, v in server.deployments.items()}}
+    async def health(request: Request) -> dict[str, Any]:
+        """Liveness for anyone (probes carry no key); loaded adapters and deployments for operator keys only."""
+        out: dict[str, Any] = {"status": "ok"}
+        if server.serve.require_api_key and not request.headers.get("authorization"):
+            return out
+        try:
+            caller = server.authenticate(request)
+        except APIError:  # a wrong key, a rate limit or a registry outage: the server itself is still up
+            return out
+        if server.is_operator(caller):
+            out.update({"model": server.base_name, "loaded_adapters": engine.loaded_adapters,
+                        "deployments": {k: (v.adapter_id if v else None) for k, v in server.deployments.items()}})
+        return out
 
     @app.get("/metrics")
     async def metrics_route(request: Request) -> Response:
-        server.authenticate(request)
+        """Every tenant's alias and adapter names are in here: operator keys only (`Server.is_operator`)."""
+        caller = server.authenticate(request)
+        if not server.is_operator(caller):
+            raise APIError(403, "This key may not read /metrics: it needs the operator's tenant (serve.metrics_tenants"
+                                ") and models '*'.", type="invalid_request_error", code="permission_denied")
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
@@ -573,8 +778,8 @@ def create_app(cfg: Any, *, engine: Engine | None = None, registry: Any = None, 
     async def embeddings(request: Request) -> Response:
         t0 = time.perf_counter()
         caller = server.authenticate(request)
-        body = _parse(EmbeddingRequest, await _body(request))
-        request.state.model = body.model
+        body = _parse(EmbeddingRequest, await _body(request, server.serve.max_request_bytes))
+        request.state.model = server.metric_label(body.model)
         name = server.embedding_name()
         if body.model != name or not caller.allows(body.model):
             raise APIError(404, f"The model '{body.model}' does not exist or you do not have access to it "
@@ -599,7 +804,7 @@ def create_app(cfg: Any, *, engine: Engine | None = None, registry: Any = None, 
     @app.post("/v1/feedback")
     async def feedback(request: Request) -> dict[str, Any]:
         caller = server.authenticate(request)
-        body = _parse(FeedbackRequest, await _body(request))
+        body = _parse(FeedbackRequest, await _body(request, server.serve.max_request_bytes))
         if server.registry is None or server.logger is None:
             raise APIError(503, "Feedback needs the registry and request logging (serve.log_requests).",
                            type="server_error")
@@ -633,9 +838,9 @@ async def _poll_deployments(server: Server) -> None:
 async def _generate_route(server: Server, request: Request, *, chat: bool) -> Response:
     t0 = time.perf_counter()
     caller = server.authenticate(request)
-    raw = await _body(request)
+    raw = await _body(request, server.serve.max_request_bytes)
     body = _parse(ChatRequest if chat else CompletionRequest, raw)
-    request.state.model = body.model
+    request.state.model = server.metric_label(body.model)  # the name itself once it resolved
     serve = server.serve
     max_tokens = body.max_completion_tokens if chat and body.max_completion_tokens is not None else body.max_tokens
     if max_tokens is None:
@@ -658,29 +863,48 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
         if fmt is not None and stops:
             raise APIError(400, "'stop' cannot be combined with a JSON response_format (it would cut the document).",
                            param="stop")
-    sticky = str(caller.key_id) if caller.key_id is not None else (body.user or request.client.host or "")
-    target = await asyncio.to_thread(server.resolve_request, body.model, caller, sticky,
-                                     lambda: _route_input(server, body, chat, fmt is not None))
-    alias = target.alias
-    guard = alias.guardrails if alias is not None else GuardrailConfig()
-    temperature = body.temperature if body.temperature is not None else serve.default_temperature
-    top_p = body.top_p if body.top_p is not None else 1.0
-    rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
-    hits: list[dict[str, Any]] = []
-
-    # Input: the client's texts, guarded; the alias system prompt is the operator's and passes as is.
     if chat:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)}
                     for m in body.messages]
-        if any(m["role"] == "tool" for m in messages):
-            raise APIError(400, "Tool messages are not supported by this server.", param="messages")
-        user_idx = [i for i, m in enumerate(messages) if m["role"] == "user"]
-        texts = [messages[i]["content"] for i in user_idx]
     else:
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
             raise APIError(400, "Send one prompt per request (batch by sending requests concurrently).",
                            param="prompt")
         texts = [body.prompt if isinstance(body.prompt, str) else body.prompt[0]]
+    where = "messages" if chat else "prompt"
+    # A prompt that cannot fit is refused before routing, guardrails or retrieval read it (cheap character bound).
+    server.check_chars([m["content"] for m in messages] if chat else texts, max_tokens, where)
+    sticky = str(caller.key_id) if caller.key_id is not None else (body.user or request.client.host or "")
+    target = await asyncio.to_thread(server.resolve_request, body.model, caller, sticky,
+                                     lambda: _route_input(server, body, chat, fmt is not None))
+    request.state.model = body.model
+    alias = target.alias
+    guard = alias.guardrails if alias is not None else GuardrailConfig()
+    system_prompt = alias.system_prompt if alias is not None else None
+    rag = alias is not None and alias.index is not None
+    temperature = body.temperature if body.temperature is not None else serve.default_temperature
+    top_p = body.top_p if body.top_p is not None else 1.0
+    rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
+    request.state.request_id = rid
+    hits: list[dict[str, Any]] = []
+
+    # Input: the client's texts, guarded; the alias system prompt is the operator's and passes as is.
+    if chat:
+        if any(m["role"] == "tool" for m in messages):
+            raise APIError(400, "Tool messages are not supported by this server.", param="messages")
+        user_idx = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        if not user_idx:
+            raise APIError(400, "'messages' must contain at least one user message.", param="messages")
+        texts = [messages[i]["content"] for i in user_idx]
+    if rag:
+        if not chat:
+            raise APIError(400, f"'{body.model}' answers from documents: use /v1/chat/completions.", param="model")
+        if fmt is not None:
+            raise APIError(400, f"'{body.model}' answers from documents with citations; response_format is not "
+                                "supported for it.", param="response_format")
+    # The exact token count, still before the guardrails (PII analysis is the costly part of a request).
+    ids = None if rag else _prompt_ids(server, _with_system(system_prompt, messages) if chat else None, texts,
+                                       max_tokens, where)
     # Every turn the client sent is guarded: its system, developer and assistant turns are its text too.
     guarded = [m["content"] for m in messages] if chat else texts
     verdict = await asyncio.to_thread(check_input, guarded, guard, server.cfg.data.pii) if _any_input(guard) else None
@@ -697,26 +921,25 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
         if verdict.blocked:  # logged with the personal data already redacted
             _log(server, rid, caller, target, 400, t0, 0, 0, hits, texts, None)
             raise APIError(400, f"Request blocked by guardrails: {verdict.blocked}.", code="content_policy_violation",
-                           param="messages" if chat else "prompt")
+                           param=where)
+        if not rag and list(verdict.texts) != guarded:  # redacted: count again
+            ids = _prompt_ids(server, _with_system(system_prompt, messages) if chat else None, texts, max_tokens,
+                              where)
     if chat:
-        if alias is not None and alias.system_prompt and not any(m["role"] == "system" for m in messages):
-            messages.insert(0, {"role": "system", "content": alias.system_prompt})
-        if not any(m["role"] == "user" for m in messages):
-            raise APIError(400, "'messages' must contain at least one user message.", param="messages")
+        messages = _with_system(system_prompt, messages)
 
-    if alias is not None and alias.index is not None:
-        if not chat:
-            raise APIError(400, f"'{body.model}' answers from documents: use /v1/chat/completions.", param="model")
-        if fmt is not None:
-            raise APIError(400, f"'{body.model}' answers from documents with citations; response_format is not "
-                                "supported for it.", param="response_format")
+    if rag:
         question = [m for m in messages if m["role"] == "user"][-1]["content"]
         try:
             answer = await asyncio.to_thread(server.rag_answer, target, question, caller, max_tokens)
+        except ContextLengthError as e:
+            raise APIError(400, str(e), param="messages", code="context_length_exceeded") from None
         except TailorError as e:
-            raise APIError(500, f"Retrieval failed: {e}", type="server_error") from e
-        extra = {"citations": [c.__dict__ for c in answer.citations], "passages": [c.__dict__ for c in answer.passages],
-                 "known": answer.known}
+            raise _fault(500, "Retrieval failed.", e) from e
+        # Sources are paths on the server: clients get them relative to the project, or the file name.
+        extra = {key: [{**c.__dict__, "source": server.public_source(c.source)} for c in cites]
+                 for key, cites in (("citations", answer.citations), ("passages", answer.passages))}
+        extra["known"] = answer.known
         text = answer.answer
         usage = (len(prompt_ids(server.tokenizer, messages)), len(server.tokenizer(text)["input_ids"]))
         if _any_output(guard):  # retrieved documents can carry personal data into the answer
@@ -725,16 +948,7 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
         return await _finish_whole(server, request, body, rid, chat, caller, target, text, "stop", usage, hits, t0,
                                    texts, extra)
 
-    if chat:
-        ids = prompt_ids(server.tokenizer, messages)
-    else:
-        ids = server.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise APIError(400, "The prompt is empty.", param="prompt")
-    try:
-        server.engine.check_length(len(ids), max_tokens)
-    except ContextLengthError as e:
-        raise APIError(400, str(e), param="messages" if chat else "prompt", code="context_length_exceeded") from None
+    assert ids is not None
     constraint = None
     if fmt is not None:
         try:
@@ -758,20 +972,51 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
         if ev.kind == "delta":
             parts.append(ev.text)
         elif ev.kind == "error":
-            raise APIError(500, f"Generation failed: {ev.error}", type="server_error")
+            raise _fault(500, "Generation failed.", ev.error or "unknown engine error")
         else:
             final = ev
     assert final is not None
     text = "".join(parts)
     if fmt is not None and validate(text, fmt) is not None and final.finish_reason == "stop":
         # Cannot happen with the grammar applied (kept as a loud check rather than a silent bad answer).
-        raise APIError(500, f"Structured output failed: {validate(text, fmt)}", type="server_error")
+        raise _fault(500, "Structured output failed.", str(validate(text, fmt)))
     if output_checks:
         text = await _guard_answer(server, body, guard, target, rid, caller, t0,
                                    (final.prompt_tokens, final.completion_tokens), hits, texts, text)
     shadow()
     return await _finish_whole(server, request, body, rid, chat, caller, target, text, final.finish_reason or "stop",
                                (final.prompt_tokens, final.completion_tokens), hits, t0, texts, {})
+
+
+def _with_system(prompt: str | None, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The alias's system prompt first, always; a client's leading system message is merged after it.
+
+    The operator's text opens the one leading system message and the client's own (system or developer) text
+    follows it after a blank line: the client may add instructions but never replace or precede the operator's,
+    and one leading system message suits every chat template (some accept no second one). System messages later in
+    the conversation stay where the client put them.
+    """
+    if not prompt:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{prompt}\n\n{messages[0]['content']}"}, *messages[1:]]
+    return [{"role": "system", "content": prompt}, *messages]
+
+
+def _prompt_ids(server: Server, messages: list[dict[str, str]] | None, texts: list[str], max_tokens: int,
+                where: str) -> list[int]:
+    """Token ids of a chat (`messages`) or a raw prompt (`texts[0]`), refused if empty or too long for the model."""
+    if messages is not None:
+        ids = prompt_ids(server.tokenizer, messages)
+    else:
+        ids = server.tokenizer(texts[0], add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise APIError(400, "The prompt is empty.", param="prompt")
+    try:
+        server.engine.check_length(len(ids), max_tokens)
+    except ContextLengthError as e:
+        raise APIError(400, str(e), param=where, code="context_length_exceeded") from None
+    return ids
 
 
 def _any_input(g: GuardrailConfig) -> bool:
@@ -904,7 +1149,9 @@ async def _stream(server: Server, body: Any, rid: str, chat: bool, caller: Calle
                            else _text_chunk(rid, created, body.model, ev.text, None))
             elif ev.kind == "error":
                 status = 500
-                yield _sse(APIError(500, f"Generation failed: {ev.error}", type="server_error").body())
+                err = _logged(_fault(500, "Generation failed.", ev.error or "unknown engine error"), rid,
+                              f"streaming {body.model}")
+                yield _sse(err.body())
                 break
             else:
                 final = ev

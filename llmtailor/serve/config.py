@@ -128,7 +128,9 @@ class AliasConfig(BaseModel):
     tenants: list[str] = Field(
         default_factory=list, description="Tenants whose keys may use this alias (empty = every tenant)."
     )
-    system_prompt: str | None = Field(None, description="Prepended when the request has no system message.")
+    system_prompt: str | None = Field(
+        None, description="The operator's system prompt, always first; a client's leading system message is "
+        "appended after it in the same message, never in its place.")
     guardrails: GuardrailConfig = Field(default_factory=GuardrailConfig)
     route: RouteConfig | None = Field(
         None, description="Make this a routing alias: each request goes to one of its targets (rules, classifier)."
@@ -166,6 +168,13 @@ class ServeConfig(BaseModel):
     port: int = Field(8000, ge=0, le=65535, description="TCP port.")
     base_name: str | None = Field(None, description="Model name of the plain base model (default: model.base_model).")
     require_api_key: bool = Field(True, description="Every route except /health needs `Authorization: Bearer KEY`.")
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="Larger request bodies are refused (413) before they are read or parsed."
+    )
+    metrics_tenants: list[str] | None = Field(
+        None, description="Tenants whose keys with models '*' may read /metrics and /health details (they name "
+        "every tenant's aliases and adapters). Default: the tenant named like `project`."
+    )
     rate_limit_per_minute: int = Field(120, ge=1, description="Default requests per minute per key.")
     engine: Literal["auto", "transformers", "llamacpp"] = Field(
         "auto", description="Decoding engine. auto: llama.cpp on CPU when llama-cpp-python is installed "
