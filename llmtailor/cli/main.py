@@ -14,6 +14,7 @@ from llmtailor.cli import chat as chat_cmd
 from llmtailor.cli import data as data_cmd
 from llmtailor.cli import eval as eval_cmd
 from llmtailor.cli import eval_retrieval as eval_retrieval_cmd
+from llmtailor.cli import export as export_cmd
 from llmtailor.cli import keys as keys_cmd
 from llmtailor.cli import monitor as monitor_cmd
 from llmtailor.cli import project as project_cmd
@@ -44,6 +45,7 @@ app.command("init", help="Write a ready demo project (tailor.yaml + dataset) int
 app.command("report", help="Write the self-contained HTML report of a run.")(eval_cmd.report)
 app.command("chat", help="Chat with the base or a tuned model in the terminal.")(chat_cmd.chat)
 app.command("serve", help="OpenAI-compatible server: base, adapters, RAG aliases, keys, metrics.")(serve_cmd.serve)
+app.command("export", help="A run as a GGUF LoRA adapter or merged GGUF (llama.cpp, Ollama).")(export_cmd.export)
 app.add_typer(keys_cmd.app, name="keys", help="Create, list and revoke API keys (tenant, groups, models).")
 app.add_typer(registry_cmd.app, name="registry", help="Datasets, runs, adapters, evaluations, deployments, lineage.")
 app.command("promote", help="Deploy an adapter to staging/production (or as a canary).")(promote_cmd.promote)
@@ -88,9 +90,12 @@ def main() -> None:
     try:
         app()
     except TailorError as e:
+        from rich.markup import escape
+
         from llmtailor.cli.output import console
 
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # escape: messages carry brackets that are not markup (pip extras like llmtailor[llamacpp], JSON paths).
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         from llmtailor.cli.output import console

@@ -2,7 +2,8 @@
 
 SQLAlchemy keeps one schema for a SQLite file (the default, next to tailor.yaml) and PostgreSQL (by URL).
 Ids carry their kind so `tailor registry show ID` needs no flag: `ds-<hash>` datasets, run folder names for
-runs, `ad-<run>` adapters, `ix-<hash>` indexes, `ev-<n>` evaluations, `dep-<n>` deployments, `key-<n>` keys.
+runs, `ad-<run>` adapters, `ix-<hash>` indexes, `ev-<n>` evaluations, `dep-<n>` deployments, `key-<n>` keys,
+`ex-<hash>` exports (`tailor export`).
 Deployments are append-only: the current state of a stage is its newest row, so every promotion, canary,
 shadow, forced promotion and rollback stays in the history. Columns added after a database was created are
 added on open (`_add_missing_columns`), so an older registry.db keeps working.
@@ -87,6 +88,20 @@ class Adapter(Base):
     path: Mapped[str] = mapped_column(Text)
     method: Mapped[str | None] = mapped_column(String(16), nullable=True)
     base_model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
+
+
+class Export(Base):
+    """A file exported from an adapter for another runtime (GGUF adapter, merged GGUF, Ollama Modelfile)."""
+
+    __tablename__ = "exports"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), nullable=True)
+    adapter_id: Mapped[str | None] = mapped_column(ForeignKey("adapters.id"), nullable=True)
+    path: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))
+    quant: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    info: Mapped[dict] = mapped_column(JSON, default=dict)
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=_now)
 
 
@@ -366,6 +381,20 @@ class Registry:
             s.merge(row)
         return iid
 
+    def record_export(self, run_id: str, path: Path, fmt: str, quant: str | None, info: dict[str, Any]) -> str:
+        """An exported file, linked to the run and its adapter; re-exporting to the same path updates the row."""
+        xid = "ex-" + hashlib.sha256(f"{Path(path).resolve()}|{fmt}|{quant}".encode()).hexdigest()[:12]
+        with self.session() as s:
+            adapter = s.get(Adapter, f"ad-{run_id}")
+            row = s.get(Export, xid) or Export(id=xid)
+            row.run_id = run_id if s.get(Run, run_id) is not None else None
+            row.adapter_id = adapter.id if adapter else None
+            row.path, row.format, row.quant = str(path), fmt, quant
+            row.info = json.loads(json.dumps(info, default=str))
+            row.created = _now()
+            s.merge(row)
+        return xid
+
     # ---- lookup ----------------------------------------------------------------------------------
     def adapter(self, name: str) -> dict[str, Any] | None:
         """An adapter by id (`ad-...`) or by its run id."""
@@ -386,7 +415,7 @@ class Registry:
     def list(self, kind: str | None = None) -> list[dict[str, Any]]:
         """Rows of every kind (or one), newest last, each with a `kind` key."""
         kinds = {"dataset": Dataset, "run": Run, "adapter": Adapter, "index": IndexVersion,
-                 "evaluation": Evaluation, "deployment": Deployment}
+                 "evaluation": Evaluation, "deployment": Deployment, "export": Export}
         if kind is not None and kind not in kinds:
             raise TailorError(f"unknown kind {kind!r}: use one of {', '.join(kinds)}")
         out = []
@@ -428,7 +457,7 @@ class Registry:
                 run = row
             elif kind == "adapter":
                 run = s.get(Run, row.run_id) if row.run_id else None
-            elif kind == "evaluation":
+            elif kind in ("evaluation", "export"):
                 run = s.get(Run, row.run_id) if row.run_id else None
             elif kind == "deployment":
                 aid = {"canary": row.canary_adapter_id, "shadow": row.shadow_adapter_id}.get(row.action, row.adapter_id)
@@ -718,7 +747,8 @@ def _find(s: Session, ident: str) -> tuple[str, Any]:
             row = s.get(table, int(ident[len(prefix):]))
             if row is not None:
                 return kind, row
-    for kind, table in (("dataset", Dataset), ("adapter", Adapter), ("index", IndexVersion), ("run", Run)):
+    for kind, table in (("dataset", Dataset), ("adapter", Adapter), ("index", IndexVersion), ("run", Run),
+                        ("export", Export)):
         row = s.get(table, ident)
         if row is not None:
             return kind, row
@@ -737,6 +767,8 @@ def _chain_from_run(s: Session, run: Run) -> list[tuple[str, Any]]:
         chain.append(("adapter", a))
         for ev in s.scalars(select(Evaluation).where(Evaluation.adapter_id == a.id).order_by(Evaluation.id)):
             chain.append(("evaluation", ev))
+        chain.extend(("export", x) for x in s.scalars(select(Export).where(Export.adapter_id == a.id)
+                                                      .order_by(Export.created)))
         deps = s.scalars(select(Deployment).where((Deployment.adapter_id == a.id)
                                                   | (Deployment.canary_adapter_id == a.id)
                                                   | (Deployment.shadow_adapter_id == a.id)).order_by(Deployment.id))
@@ -753,6 +785,8 @@ def _lineage_item(kind: str, row: Any) -> dict[str, Any]:
         summary = f"{d['method']} on {d['base_model']}, status {d['status']}, loss {d['metrics'].get('final_loss')}"
     elif kind == "adapter":
         summary = d["path"]
+    elif kind == "export":
+        summary = f"{d['format']} {d['quant'] or ''} {d['path']}".replace("  ", " ")
     elif kind == "evaluation":
         summary = f"gates {'passed' if d['passed'] else 'FAILED' if d['passed'] is False else 'none'}"
     elif kind == "deployment":

@@ -84,6 +84,10 @@ def test_whole_loop_through_the_cli(tmp_path):
     assert results["regression"]["status"] == "ok" and results["regression"]["seconds"] > 0
     assert (run_dir / "eval" / "regression.jsonl").exists() and results["redteam"].get("status") != "skipped"
     assert results["ladder"] and len(out["gates"]) == 4  # the demo's four gates, each checked
+    # eval.engine auto: the ladder's answers come from llama.cpp where llama-cpp-python is installed (CI installs it).
+    from llmtailor.serve.llamacpp_engine import llama_cpp_available
+
+    assert results["generation"]["engine"] == ("llamacpp" if llama_cpp_available() else "transformers")
     gate_paths = {g["path"] for g in out["gates"]}
     assert {"json_compliance", "field_accuracy_mean", "data.leakage"} <= gate_paths
     # The speed paths are on and recorded: precision with its reason, label-only loss, the batching used.
