@@ -5,6 +5,11 @@ only stats the files. A changed file is re-chunked, but passages whose text is u
 stored vectors. Each batch of files is one atomic store commit that also removes the files' stale
 chunks; a killed run therefore leaves every file either fully old or fully new, and the next run
 finishes the job. Bad files are reported with the reason and never stop the batch.
+
+Security: a symbolic link that resolves outside the folder being ingested (file, folder or sidecar) is reported
+and never followed or read. Identical files are indexed once only within one access scope (tenant, level,
+groups): the same bytes under two tenants or two audiences are two documents, and a duplicate is only ever
+reported against a file of the same scope, so no message names another tenant's file.
 """
 
 from __future__ import annotations
@@ -24,11 +29,15 @@ from llmtailor.rag.chunk import HEADING_SEP, Chunker
 from llmtailor.rag.config import RagConfig
 from llmtailor.rag.embed import Embedder
 from llmtailor.rag.index import Index, write_lock
-from llmtailor.rag.loaders import ParsedDoc, SkipFile, file_type, parse_bytes
-from llmtailor.rag.meta import DocMeta, is_sidecar, merge, meta_from_mapping, read_sidecar
+from llmtailor.rag.loaders import META_TYPES, ParsedDoc, Refused, SkipFile, file_type, parse_bytes
+from llmtailor.rag.meta import DocMeta, inside, is_sidecar, merge, meta_from_mapping, read_sidecar
 from llmtailor.rag.store import Chunk, SourceState
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+# Version of the rules that decide a file's metadata and identity (part of every source hash). Raising it makes the
+# next ingest re-check every file once (vectors are reused): 2 = file metadata may only narrow access, links out of
+# the folder are refused, de-duplication is per access scope; what an older ingest let through is fixed or removed.
+RULES = 2
 
 
 @dataclass
@@ -102,9 +111,19 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def discover(paths: Iterable[str | Path], exclude: Path | None = None) -> tuple[list[Path], list[Skipped]]:
-    """Files under the given paths (recursive, sorted, hidden files and sidecars left out)."""
-    files: list[Path] = []
+LINK_OUT = "symbolic link pointing outside the ingested folder (not followed)"
+
+
+def discover(
+    paths: Iterable[str | Path], exclude: Path | None = None
+) -> tuple[list[Path], list[Skipped], dict[Path, Path | None]]:
+    """Files under the given paths (recursive, sorted, hidden files and sidecars left out), what was skipped, and
+    each file's containing folder (resolved; None for a file named on the command line, which is taken as given).
+
+    A linked folder is never walked (os.walk does not follow links); one pointing out of the folder is reported here.
+    A linked file is checked in `_Ingestor.one_file`, just before it would be read.
+    """
+    files: list[tuple[Path, Path | None]] = []
     skipped: list[Skipped] = []
     excluded = exclude.resolve() if exclude is not None else None
     for raw in paths:
@@ -113,25 +132,48 @@ def discover(paths: Iterable[str | Path], exclude: Path | None = None) -> tuple[
             skipped.append(Skipped(str(raw), "not found"))
             continue
         if p.is_dir():
-            for root, dirs, names in os.walk(p):
-                root_path = Path(root)
-                dirs[:] = sorted(
-                    d for d in dirs if not d.startswith(".") and (root_path / d).resolve() != excluded
-                )
+            root = p.resolve()
+            for walked, dirs, names in os.walk(p):
+                root_path = Path(walked)
+                keep = []
+                for d in sorted(dirs):
+                    sub = root_path / d
+                    if d.startswith(".") or sub.resolve() == excluded:
+                        continue
+                    if sub.is_symlink():
+                        if not inside(sub, root):
+                            skipped.append(Skipped(_display(sub), LINK_OUT))
+                        continue  # a link inside the folder: its target is walked under its own name
+                    keep.append(d)
+                dirs[:] = keep
                 for name in sorted(names):
                     if name.startswith(".") or is_sidecar(Path(name)):
                         continue
-                    files.append(root_path / name)
+                    files.append((root_path / name, root))
         else:
-            files.append(p)
-    seen: set[Path] = set()
+            files.append((p, None))
+    roots: dict[Path, Path | None] = {}
     unique = []
-    for f in files:
+    for f, root in files:
         key = Path(os.path.abspath(f))
-        if key not in seen:
-            seen.add(key)
+        if key not in roots:
+            roots[key] = root
             unique.append(key)
-    return unique, skipped
+    return unique, skipped, roots
+
+
+def _scoped_hash(content_hash: str, meta: DocMeta) -> str:
+    """The content hash within the document's access scope: identical bytes are one document only for one audience.
+
+    Stored as the chunks' `file_hash`, so de-duplication against the index never matches another tenant's file (or
+    the same tenant's file under other groups or another level), and a duplicate never names it.
+    """
+    scope = {
+        "tenant": meta.tenant or "",
+        "level": DEFAULT_LEVEL if meta.access_level is None else meta.access_level,
+        "groups": sorted(meta.groups or ()),
+    }
+    return stable_hash({"content": content_hash, "scope": scope}, 16)
 
 
 def _under(source: str, roots: list[Path]) -> bool:
@@ -160,7 +202,7 @@ class _Ingestor:
         self.batch: list[_Prepared] = []
         self.batch_chunks: list[Chunk] = []
         self.settings_key = stable_hash(
-            {"defaults": defaults.fingerprint(), "chunking": cfg.chunking.model_dump(mode="json")}
+            {"defaults": defaults.fingerprint(), "chunking": cfg.chunking.model_dump(mode="json"), "rules": RULES}
         )
 
     # -------------------------------------------------------------- hashing
@@ -258,7 +300,8 @@ class _Ingestor:
             self.progress(stage, done, total)
 
     # -------------------------------------------------------------- files
-    def run_files(self, files: list[Path], roots: list[Path]) -> None:
+    def run_files(self, files: list[Path], roots: list[Path], homes: dict[Path, Path | None] | None = None) -> None:
+        """Ingest `files` (`homes`: each one's resolved folder, see `discover`); sources gone under `roots` leave."""
         limit = int(self.cfg.ingest.max_file_mb * 1024 * 1024)
         hashes = {st.file_hash: src for src, st in self.states.items() if st.file_hash}
         current = {str(f) for f in files}
@@ -271,20 +314,29 @@ class _Ingestor:
         for n, path in enumerate(files, start=1):
             self.tick("files", n - 1, total)
             self.report.files_seen += 1
-            display = _display(path)
+            display, source = _display(path), str(path)
             try:
-                self.one_file(path, display, limit, hashes, seen_here)
+                self.one_file(path, display, limit, hashes, seen_here, (homes or {}).get(path))
             except SkipFile as e:
                 self.report.skipped.append(Skipped(display, str(e)))
+                if isinstance(e, Refused) and source in self.states:
+                    gone.append(source)  # indexed before (older rules, or a link changed): it must not stay
+                    if hashes.get(self.states[source].file_hash) == source:
+                        del hashes[self.states[source].file_hash]
         self.flush()
         self.tick("files", total, total)
         if gone:
             self.report.chunks_deleted += self.store.delete_sources(gone)
             self.report.files_deleted += len(gone)
 
-    def one_file(self, path: Path, display: str, limit: int, hashes: dict[str, str], seen: dict[str, str]) -> None:
+    def one_file(self, path: Path, display: str, limit: int, hashes: dict[str, str], seen: dict[str, str],
+                 home: Path | None = None) -> None:
+        """Check, read, parse and queue one file; SkipFile says why not. `home`: the folder it must stay inside."""
         source = str(path)
         kind = file_type(path)
+        # Checked here, just before anything is stat'ed or read (a link may have changed since discovery).
+        if home is not None and not inside(path, home):
+            raise Refused(LINK_OUT)
         try:
             st = path.stat()
         except OSError as e:
@@ -303,7 +355,7 @@ class _Ingestor:
                 f"file too large ({st.st_size / 1e6:.1f} MB > ingest.max_file_mb {self.cfg.ingest.max_file_mb:g}); "
                 "split it or raise the limit"
             )
-        side_meta, side_raw = read_sidecar(path)
+        side_meta, side_raw = read_sidecar(path, home if home is not None else Path(source).parent.resolve())
         if self.unchanged(source, st.st_mtime, st.st_size, side_raw):
             self.report.files_unchanged += 1
             seen.setdefault(self.states[source].file_hash, display)
@@ -312,7 +364,11 @@ class _Ingestor:
             data = path.read_bytes()
         except OSError as e:
             raise SkipFile(f"unreadable: {e.strerror or e}") from None
-        fhash = hashlib.sha256(data).hexdigest()[:16]
+        # The access scope first (front matter is inside the file): de-duplication is per scope.
+        doc = parse_bytes(data, path) if kind in META_TYPES else None
+        front = meta_from_mapping(doc.meta, "front matter") if doc is not None and doc.meta else None
+        meta = merge(self.defaults, front, side_meta)
+        fhash = _scoped_hash(hashlib.sha256(data).hexdigest()[:16], meta)
         if fhash in seen and seen[fhash] != display:
             raise SkipFile(f"duplicate of {seen[fhash]} (same content)")
         other = hashes.get(fhash)
@@ -325,9 +381,8 @@ class _Ingestor:
             # Same bytes, only the mtime moved (e.g. touched or copied): nothing to redo.
             self.report.files_unchanged += 1
             return
-        doc = parse_bytes(data, path)
-        front = meta_from_mapping(doc.meta, "front matter") if doc.meta else None
-        meta = merge(self.defaults, front, side_meta)
+        if doc is None:
+            doc = parse_bytes(data, path)
         self.add(_Prepared(source, shash, fhash, st.st_mtime, st.st_size, doc, meta, display, old is None))
 
     # -------------------------------------------------------------- records
@@ -341,9 +396,12 @@ class _Ingestor:
             self.report.files_seen += 1
             body = rec.text or ""
             try:
-                meta = merge(self.defaults, meta_from_mapping(rec.meta, f"record {rec.id}") if rec.meta else None, None)
+                own = meta_from_mapping(rec.meta, f"record {rec.id}") if rec.meta else None
+                meta = merge(self.defaults, own, None, file_sets_tenant=True)
             except SkipFile as e:
                 self.report.skipped.append(Skipped(source, str(e)))
+                if isinstance(e, Refused):
+                    current.discard(source)  # whatever an earlier run stored for it goes
                 continue
             shash = stable_hash({"title": rec.title, "text": body, "meta": rec.meta, "settings": self.settings_key})
             old = self.states.get(source)
@@ -399,11 +457,11 @@ def ingest(
     with write_lock(index_dir):
         index = Index.open(index_dir, cfg, create=True, rebuild=rebuild, embedder=embedder, base_dir=base_dir)
         try:
-            files, skipped = discover(paths, exclude=index_dir)
+            files, skipped, homes = discover(paths, exclude=index_dir)
             roots = [Path(os.path.abspath(Path(p).expanduser())) for p in paths]
             job = _Ingestor(index, defaults or DocMeta(), progress)
             job.report.skipped.extend(skipped)
-            job.run_files(files, roots)
+            job.run_files(files, roots, homes)
             return job.finish(started)
         finally:
             index.close()

@@ -24,9 +24,18 @@ SUPPORTED = {
     ".text": "text",
 }
 
+# Formats whose reader returns metadata found inside the file (front matter): ingest parses these before it decides
+# anything that depends on a document's access scope (de-duplication), the others only when their text is needed.
+META_TYPES = frozenset({"markdown"})
+
 
 class SkipFile(Exception):
     """This file cannot be ingested; the message says why."""
+
+
+class Refused(SkipFile):
+    """Skipped for an access reason (a link out of the folder, metadata that would widen who sees it): unlike a
+    broken file, which keeps its last good version, whatever the index still holds for it is removed."""
 
 
 @dataclass

@@ -1,10 +1,16 @@
 """Document metadata: CLI defaults, Markdown front matter and `name.meta.yaml` sidecars, merged safely.
 
-Rules (documented in docs/rag.md):
-- file-level metadata (sidecar, then front matter) overrides the CLI defaults for groups, category, date, title;
-- `tenant` must agree: a file whose metadata names another tenant than `--tenant` (or than its own
-  sidecar) is skipped, never moved across tenants;
-- `access_level` takes the more restrictive of the CLI value and the file's own.
+Rules (documented in docs/rag.md). Whoever can write into the ingested folder controls front matter and sidecars,
+so file-level metadata may only make a document *less* visible than the ingest command said, never more:
+- `tenant` must agree: a file whose metadata names another tenant than `--tenant` (no `--tenant` = the tenant "")
+  is skipped, never moved across tenants;
+- `access_level` takes the more restrictive of the CLI value and the file's own;
+- `groups` only narrow: the result is the intersection of every non-empty value given (CLI, sidecar, front matter);
+  an empty or absent value leaves the others as they are, and a file whose groups share none with the command's
+  is skipped (an empty result would mean "everyone in the tenant");
+- `category`, `date`, `title` (not access rules): the sidecar wins over front matter, which wins over the CLI.
+Records (`ingest_records`) come from code, which chooses their metadata the way `--tenant` does, so a record's
+own `tenant` is taken when the call gave none (`file_sets_tenant=True`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import yaml
 
 from llmtailor.errors import TailorError
 from llmtailor.rag.acl import parse_groups, parse_level
-from llmtailor.rag.loaders import SkipFile
+from llmtailor.rag.loaders import Refused, SkipFile
 
 RESERVED = ("tenant", "access_level", "groups", "category", "date", "title")
 SIDECAR_SUFFIX = ".meta.yaml"
@@ -106,11 +112,26 @@ def is_sidecar(path: Path) -> bool:
     return path.name.endswith(SIDECAR_SUFFIX)
 
 
-def read_sidecar(path: Path) -> tuple[DocMeta | None, str]:
-    """(metadata, raw text) of a file's sidecar; (None, "") when it has none."""
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, every symbolic link resolved, lies in the (resolved) folder `root`."""
+    try:
+        real = path.resolve()
+    except (OSError, RuntimeError):  # a link loop
+        return False
+    return real == root or root in real.parents
+
+
+def read_sidecar(path: Path, root: Path | None = None) -> tuple[DocMeta | None, str]:
+    """(metadata, raw text) of a file's sidecar; (None, "") when it has none.
+
+    With `root` (the resolved ingested folder), a sidecar that links out of it is refused, not read: it would pull
+    in a file from elsewhere, and ignoring it could drop the restrictions it was meant to add.
+    """
     side = sidecar_for(path)
     if side is None:
         return None, ""
+    if root is not None and not inside(side, root):
+        raise Refused(f"sidecar {side.name}: symbolic link pointing outside the ingested folder (not read)")
     try:
         raw = side.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -126,8 +147,12 @@ def read_sidecar(path: Path) -> tuple[DocMeta | None, str]:
     return meta_from_mapping(data, f"sidecar {side.name}"), raw
 
 
-def merge(cli: DocMeta, front: DocMeta | None, side: DocMeta | None) -> DocMeta:
-    """Effective metadata for one file (see module docstring for the rules)."""
+def _show(groups: tuple[str, ...] | None) -> str:
+    return "[" + ", ".join(groups or ()) + "]"
+
+
+def merge(cli: DocMeta, front: DocMeta | None, side: DocMeta | None, *, file_sets_tenant: bool = False) -> DocMeta:
+    """Effective metadata for one file (see module docstring for the rules); Refused when the file would widen."""
     file_meta = [m for m in (side, front) if m is not None]  # sidecar first: it wins over front matter
 
     def pick(name: str) -> Any:
@@ -137,10 +162,7 @@ def merge(cli: DocMeta, front: DocMeta | None, side: DocMeta | None) -> DocMeta:
                 return value
         return getattr(cli, name)
 
-    tenants = {t for t in [cli.tenant, *(m.tenant for m in file_meta)] if t is not None}
-    if len(tenants) > 1:
-        raise SkipFile(f"conflicting tenants {sorted(tenants)} between --tenant, sidecar and front matter")
-    tenant = tenants.pop() if tenants else None
+    tenant = _merge_tenant(cli, side, front, file_sets_tenant)
     levels = [lv for lv in [cli.access_level, *(m.access_level for m in file_meta)] if lv is not None]
     extra: dict[str, Any] = {}
     for m in reversed(file_meta):
@@ -148,9 +170,43 @@ def merge(cli: DocMeta, front: DocMeta | None, side: DocMeta | None) -> DocMeta:
     return DocMeta(
         tenant=tenant,
         access_level=max(levels) if levels else None,
-        groups=pick("groups"),
+        groups=_merge_groups(cli, side, front),
         category=pick("category"),
         date=pick("date"),
         title=pick("title"),
         extra=extra,
     )
+
+
+def _merge_tenant(cli: DocMeta, side: DocMeta | None, front: DocMeta | None, file_sets_tenant: bool) -> str | None:
+    """The command's tenant; a file naming any other one (also when the command named none) is skipped."""
+    named = [(where, m.tenant) for where, m in (("sidecar", side), ("front matter", front))
+             if m is not None and m.tenant is not None]
+    if file_sets_tenant and cli.tenant is None:
+        tenants = {t for _, t in named}
+        if len(tenants) > 1:
+            raise Refused(f"conflicting tenants {sorted(tenants)} between sidecar and front matter")
+        return tenants.pop() if tenants else None
+    own = cli.tenant or ""
+    for where, t in named:
+        if t != own:
+            raise Refused(
+                f"conflicting tenants: {where} says {t!r}, the ingest's is {own!r}"
+                f"{'' if cli.tenant is not None else ' (no --tenant)'}; a file cannot move itself to another tenant"
+            )
+    return cli.tenant
+
+
+def _merge_groups(cli: DocMeta, side: DocMeta | None, front: DocMeta | None) -> tuple[str, ...] | None:
+    """Intersection of every non-empty groups value; () / None (everyone) when none restricts."""
+    given = [(where, m.groups) for where, m in (("--groups", cli), ("sidecar", side), ("front matter", front))
+             if m is not None and m.groups is not None]
+    limits = [(where, g) for where, g in given if g]
+    if not limits:
+        return () if given else None
+    out = tuple(g for g in limits[0][1] if all(g in other for _, other in limits[1:]))
+    if not out:
+        parts = ", ".join(f"{where} {_show(g)}" for where, g in limits)
+        raise Refused(f"groups do not overlap ({parts}): a file's groups can only narrow the ingest's, never "
+                       "replace them")
+    return out

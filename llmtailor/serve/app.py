@@ -31,7 +31,7 @@ from llmtailor.chat import prompt_ids, render_prompt
 from llmtailor.errors import TailorError, UnsupportedAdapter
 from llmtailor.serve.config import AliasConfig, GuardrailConfig, served_base_name
 from llmtailor.serve.engine import ContextLengthError, Engine, GenRequest
-from llmtailor.serve.guardrails import check_input, check_output, load_schema
+from llmtailor.serve.guardrails import check_input, check_output, check_passages, load_schema, output_checks_enabled
 from llmtailor.serve.metrics import Metrics
 from llmtailor.serve.routing import RouteInput, Router
 from llmtailor.serve.shadow import ShadowJob, ShadowRunner, ShadowTarget
@@ -595,10 +595,12 @@ class Server:
                 text, _ = engine.complete(req)
                 return text.strip()
 
-        assistant = ServedAssistant(self.retriever(target.name, target.alias), answer_cfg, model=engine.model,
-                                    tokenizer=engine.tokenizer)
+        screened = _ScreenedRetriever(self.retriever(target.name, target.alias), target.alias.guardrails)
+        assistant = ServedAssistant(screened, answer_cfg, model=engine.model, tokenizer=engine.tokenizer)
         who = RagCaller(tenant=caller.tenant, groups=caller.groups, level=caller.level)
-        return assistant.ask(question, caller=who, top_k=target.alias.top_k)
+        answer = assistant.ask(question, caller=who, top_k=target.alias.top_k)
+        answer.dropped_passages = screened.dropped
+        return answer
 
     # ---- embeddings ------------------------------------------------------------------------------
     def embedder(self) -> Any:
@@ -936,6 +938,10 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
             raise APIError(400, str(e), param="messages", code="context_length_exceeded") from None
         except TailorError as e:
             raise _fault(500, "Retrieval failed.", e) from e
+        dropped = getattr(answer, "dropped_passages", 0)
+        if dropped:
+            hits.append({"check": "passage_injection", "action": "drop", "found": dropped})
+            server.metrics.hit(body.model, "passage_injection", "drop", dropped)
         # Sources are paths on the server: clients get them relative to the project, or the file name.
         extra = {key: [{**c.__dict__, "source": server.public_source(c.source)} for c in cites]
                  for key, cites in (("citations", answer.citations), ("passages", answer.passages))}
@@ -1024,7 +1030,26 @@ def _any_input(g: GuardrailConfig) -> bool:
 
 
 def _any_output(g: GuardrailConfig) -> bool:
-    return g.output_pii != "off" or g.output_json != "off"
+    return output_checks_enabled(g)
+
+
+class _ScreenedRetriever:
+    """A retriever whose passages carrying instructions for the model (indirect prompt injection: a document
+    anyone could edit) are dropped before the prompt is built; `dropped` counts them for the guardrail log."""
+
+    def __init__(self, inner: Any, guard: GuardrailConfig):
+        self.inner, self.guard, self.dropped = inner, guard, 0
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.inner.search(*args, **kwargs)
+        bad = set(check_passages([h.chunk.text for h in result.hits], self.guard))
+        if bad:
+            self.dropped += len(bad)
+            result.hits = [h for i, h in enumerate(result.hits) if i not in bad]
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 async def _guard_answer(server: Server, body: Any, guard: GuardrailConfig, target: Target, rid: str, caller: Caller,

@@ -21,7 +21,7 @@ from typing import Any
 from llmtailor.errors import TailorError
 from llmtailor.serve.config import GuardrailConfig
 from llmtailor.serve.engine import GenRequest
-from llmtailor.serve.guardrails import check_output
+from llmtailor.serve.guardrails import check_output, output_checks_enabled
 
 log = logging.getLogger("llmtailor.serve.shadow")
 
@@ -128,7 +128,7 @@ class ShadowRunner:
     async def _check(self, job: ShadowJob, text: str) -> tuple[str, list[dict[str, Any]], int]:
         """The alias's output guardrails, as the user's answer had them (a blocked shadow is logged as 400)."""
         g = job.guard
-        if g.output_pii == "off" and g.output_json == "off":
+        if not output_checks_enabled(g):
             return text, [], 200
         server = self.server
         ov = await asyncio.to_thread(check_output, text, g, server.cfg.data.pii, server.schemas.get(job.target.name))

@@ -11,13 +11,13 @@ from llmtailor.rag.meta import DocMeta, merge, meta_from_mapping, normalize_date
 
 
 def test_file_metadata_overrides_cli_defaults_sidecar_first():
-    cli = DocMeta(tenant="acme", access_level=1, groups=("all",), category="misc", date="2024-01-01")
+    cli = DocMeta(tenant="acme", access_level=1, groups=("hr", "legal", "sales"), category="misc", date="2024-01-01")
     front = meta_from_mapping({"category": "hr", "groups": "hr, legal", "owner": "ann"}, "front matter")
     side = meta_from_mapping({"category": "payroll", "reviewed": True}, "sidecar")
     m = merge(cli, front, side)
     assert m.tenant == "acme"
     assert m.category == "payroll"  # sidecar > front matter > CLI
-    assert m.groups == ("hr", "legal")  # front matter > CLI
+    assert m.groups == ("hr", "legal")  # front matter narrows the CLI's groups (it can never widen them)
     assert m.date == "2024-01-01"  # only the CLI gave one
     assert m.extra == {"owner": "ann", "reviewed": True}
 
@@ -32,7 +32,10 @@ def test_access_level_takes_the_most_restrictive():
 def test_conflicting_tenants_skip_the_file():
     with pytest.raises(SkipFile, match="conflicting tenants"):
         merge(DocMeta(tenant="acme"), meta_from_mapping({"tenant": "globex"}, "front matter"), None)
-    assert merge(DocMeta(), meta_from_mapping({"tenant": "globex"}, "fm"), None).tenant == "globex"
+    with pytest.raises(SkipFile, match="conflicting tenants"):  # no --tenant means "", which a file cannot change
+        merge(DocMeta(), meta_from_mapping({"tenant": "globex"}, "fm"), None)
+    assert merge(DocMeta(), meta_from_mapping({"tenant": "globex"}, "record 1"), None,
+                 file_sets_tenant=True).tenant == "globex"  # records from code may set their own tenant
 
 
 @pytest.mark.parametrize(
