@@ -1,10 +1,13 @@
 """Grounding metrics for RAG variants, computed locally and deterministically (no judge model, no NaN).
 
-Method (lexical support, documented in docs/eval.md):
+Method (documented in docs/eval.md; the support check lives in `llmtailor.eval.claims`):
 
-* Texts become sets of *content words*: lowercase word tokens minus English stop words, with a light suffix strip
-  ("refunds" ~ "refund"). Numbers are kept, so "14 days" must match "14".
-* A sentence is *supported* by a passage when at least `SUPPORT` (60%) of its content words occur in it.
+* A sentence is *supported* by a passage when at least `SUPPORT` (60%) of its content words occur in it (lowercase
+  Snowball stems minus stop words, numbers read as values: "fourteen" = "14") **and** no rule finds a conflict:
+  a number, date, unit or bound the passage does not have ("14 days" vs "30 days", "at least" vs "at most",
+  "14 June" vs "15 June"), a negation or opposite word the passage's matching clause does not share ("X is not due"
+  vs "X is due", "include" vs "exclude"), or a name the passage lacks or has replaced ("in Amsterdam" vs "in
+  Rotterdam"). Measured on tests/data/faithfulness_pairs.json by bench/faithfulness.py.
 * faithfulness = supported answer sentences / answer sentences, each checked against all retrieved passages.
 * answer_relevance = share of the question's content words that the answer uses (does it address the question).
 * context_precision = average precision of the ranked passages, a passage counting as relevant when it supports
@@ -22,7 +25,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-SUPPORT = 0.6
+from llmtailor.eval.claims import SUPPORT, check
+
+__all__ = ["GROUNDING_METRICS", "STOP", "SUPPORT", "content_words", "grounding_row", "grounding_scores",
+           "lexical_support", "sentences", "support", "supported"]
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _SENT = re.compile(r"(?<=[.!?])\s+|\n+")
 _CITE = re.compile(r"\[(\d{1,3})\]")
@@ -57,16 +63,23 @@ def sentences(text: str | None) -> list[str]:
     return out
 
 
-def support(sentence: str, passage: str) -> float:
-    """Share of the sentence's content words found in the passage."""
+def lexical_support(sentence: str, passage: str) -> float:
+    """Share of the sentence's content words found in the passage: the word-overlap score alone, blind to
+    negation and changed numbers (the scorer before `claims.check`; kept for comparison in bench/faithfulness.py)."""
     words = content_words(_CITE.sub(" ", sentence))
     if not words:
         return 0.0
     return len(words & content_words(passage)) / len(words)
 
 
+def support(sentence: str, passage: str) -> float:
+    """Share of the sentence's content words found in the passage, or 0.0 when the passage contradicts it
+    (`claims.check`); >= SUPPORT exactly when the passage supports the sentence."""
+    return check(_CITE.sub(" ", sentence), passage).score
+
+
 def supported(sentence: str, passages: Sequence[str]) -> bool:
-    return any(support(sentence, p) >= SUPPORT for p in passages)
+    return any(check(_CITE.sub(" ", sentence), p).supported for p in passages)
 
 
 def grounding_row(answer: str, question: str, passages: Sequence[str], reference: str | None,

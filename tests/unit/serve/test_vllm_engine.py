@@ -54,15 +54,30 @@ def test_dora_and_full_models_are_not_passed_to_vllm(project, tmp_path):
     shutil.copytree(good, dora)
     conf = json.loads((dora / "adapter_config.json").read_text())
     (dora / "adapter_config.json").write_text(json.dumps({**conf, "use_dora": True}))
-    full = tmp_path / "full"
+    full = tmp_path / "full"  # a full fine-tune: a model folder with config.json, no adapter_config.json
     full.mkdir()
     (full / "config.json").write_text("{}")
-    aliases = {"dora-bot": {"adapter": str(dora)}, "full-bot": {"adapter": str(good)}}
-    c2 = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={
-        "aliases": {k: cfg.serve.aliases["acme-only"].model_copy(update=v) for k, v in aliases.items()}})})
-    plan = plan_vllm(c2, None, model_dir=cfg.model.base_model)
-    assert "dora-bot" not in plan.adapters and "full-bot" in plan.adapters
-    assert any("DoRA" in n and "dora-bot" in n for n in plan.not_carried)
+    # Each kind reaches plan_vllm both ways: registered in the registry and named by an alias.
+    reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}")
+    try:
+        for run_id, path, method in (("run-lora", good, "lora"), ("run-dora", dora, "dora"),
+                                     ("run-full", full, "full")):
+            reg.record_run(tmp_path / run_id, {"run_id": run_id, "method": method, "base_model": "tiny"})
+            reg.record_adapter(run_id, path, method, "tiny")
+        aliases = {"dora-bot": {"adapter": str(dora)}, "full-bot": {"adapter": str(full)},
+                   "lora-bot": {"adapter": str(good)}}
+        c2 = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={
+            "aliases": {k: cfg.serve.aliases["acme-only"].model_copy(update=v) for k, v in aliases.items()}})})
+        plan = plan_vllm(c2, reg, model_dir=cfg.model.base_model)
+    finally:
+        reg.close()
+    assert set(plan.adapters) == {"ad-run-lora", "lora-bot"}  # only the plain LoRA adapter, under both names
+    modules = plan.argv[plan.argv.index("--lora-modules") + 1:]
+    assert sorted(modules) == sorted(f"{name}={good}" for name in ("ad-run-lora", "lora-bot"))
+    notes = "\n".join(plan.not_carried)
+    assert "'ad-run-dora': DoRA" in notes and "'dora-bot': DoRA" in notes
+    assert f"'ad-run-full': {full} has no readable adapter_config.json (a full fine-tune" in notes
+    assert f"alias 'full-bot': adapter '{full}' not found" in notes
 
 
 def test_no_adapters_means_no_lora_flags(project):
