@@ -33,10 +33,10 @@ def create(
     """Create a key; the secret is printed once and only its hash is stored."""
     from llmtailor.rag.acl import parse_groups, parse_level
 
-    reg = _registry(config)
     model_list = [m.strip() for m in models.split(",") if m.strip()]
-    kid, secret = reg.create_key(tenant, list(parse_groups(groups)), model_list, level=parse_level(level),
-                                 rate_limit=rate_limit, name=name)
+    with _registry(config) as reg:
+        kid, secret = reg.create_key(tenant, list(parse_groups(groups)), model_list, level=parse_level(level),
+                                     rate_limit=rate_limit, name=name)
     if json_out:
         emit_json({"id": f"key-{kid}", "key": secret, "tenant": tenant})
     else:
@@ -49,7 +49,8 @@ def ls(config: Path = CONFIG, json_out: bool = JSON) -> None:
     """Keys (never their secrets): tenant, groups, models, created, revoked."""
     from rich.table import Table
 
-    keys = _registry(config).list_keys()
+    with _registry(config) as reg:
+        keys = reg.list_keys()
     if json_out:
         emit_json({"keys": keys})
         return
@@ -64,5 +65,6 @@ def ls(config: Path = CONFIG, json_out: bool = JSON) -> None:
 def revoke(key_id: str = typer.Argument(..., help="key-<n> as listed by `tailor keys ls`."),
            config: Path = CONFIG) -> None:
     """Revoke a key: the server refuses it on its next request."""
-    _registry(config).revoke_key(key_id)
+    with _registry(config) as reg:
+        reg.revoke_key(key_id)
     console.print(f"[green]revoked[/] {key_id}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -21,27 +23,77 @@ DEMO_FILES = {"tailor.yaml": "tailor.yaml", "tickets.jsonl": "data/tickets.jsonl
 
 def init(
     directory: Path = typer.Argument(..., help="Folder to create the project in."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing tailor.yaml there."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the project files (tailor.yaml, data/tickets.jsonl, "
+                               "ticket.schema.json) if they already exist there."),
     json_out: bool = JSON,
 ) -> None:
-    """Write the demo project: support-ticket triage to JSON, with bad rows, duplicates and PII to clean."""
-    from llmtailor.io import atomic_path
+    """Write the demo project: support-ticket triage to JSON, with bad rows, duplicates and PII to clean.
 
-    target = directory / "tailor.yaml"
-    if target.exists() and not force:
-        raise TailorError(f"{target}: already exists (use --force to overwrite)")
-    demo = resources.files("llmtailor") / "assets" / "demo"
-    written = []
-    for src, dst in DEMO_FILES.items():
-        out = directory / dst
-        with atomic_path(out) as tmp, resources.as_file(demo / src) as f:
-            shutil.copyfile(f, tmp)
-        written.append(str(out))
+    Refuses, writing nothing, when any of its files already exists (your data, your config) unless --force.
+    """
+    targets = {src: directory / dst for src, dst in DEMO_FILES.items()}
+    folders = [p for p in targets.values() if p.is_dir()]
+    if folders:
+        raise TailorError(f"{', '.join(map(str, folders))}: is a folder where `tailor init` writes a file; "
+                          "nothing was written")
+    existing = [p for p in targets.values() if p.exists() or p.is_symlink()]
+    if existing and not force:
+        verb = "already exists" if len(existing) == 1 else "already exist"
+        raise TailorError(f"{', '.join(map(str, existing))}: {verb}; nothing was written (use --force to "
+                          "overwrite)")
+    _write_demo(targets, replace=force)
+    written = [str(p) for p in targets.values()]
+    target = targets["tailor.yaml"]
     if json_out:
         emit_json({"project": str(directory), "files": written})
     else:
         console.print(f"[green]created[/] {directory}: " + ", ".join(DEMO_FILES.values()))
         console.print(f"next: [bold]tailor run -c {target}[/]")
+
+
+def _write_demo(targets: dict[str, Path], *, replace: bool) -> None:
+    """Copy the packaged demo files: all staged as temporary files first, then put in place.
+
+    Without `replace`, each file is linked into place (which fails if the name exists), so a file that appeared
+    since the check above is not clobbered either; the files this call already placed are then removed again.
+    """
+    demo = resources.files("llmtailor") / "assets" / "demo"
+    staged: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for src, out in targets.items():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+            os.close(fd)
+            with resources.as_file(demo / src) as f:
+                shutil.copyfile(f, tmp)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            staged.append((Path(tmp), out))
+        for tmp, out in staged:
+            if replace:
+                os.replace(tmp, out)
+            else:
+                try:
+                    os.link(tmp, out)
+                except FileExistsError:
+                    raise TailorError(f"{out}: already exists; nothing was written (use --force to overwrite)") \
+                        from None
+                except OSError:  # a filesystem without hard links: the check above has to do
+                    if out.exists():
+                        raise TailorError(f"{out}: already exists; nothing was written (use --force to "
+                                          "overwrite)") from None
+                    os.replace(tmp, out)
+            placed.append(out)
+    except BaseException:
+        if not replace:
+            for out in placed:
+                out.unlink(missing_ok=True)
+        raise
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def run(config: Path = CONFIG, json_out: bool = JSON) -> None:

@@ -37,9 +37,11 @@ def promote(
     from llmtailor.registry.hooks import sync_run
 
     cfg, reg = _open(config)
-    if reg.adapter(adapter) is None and (cfg.runs_dir / adapter / "run.json").exists():
-        sync_run(reg, cfg.runs_dir / adapter)  # a run made before the registry existed
-    row = reg.promote(adapter, to, force=force, canary=canary, shadow=shadow, note=note)
+    with reg:
+        if reg.adapter(adapter) is None and (cfg.runs_dir / adapter / "run.json").exists():
+            sync_run(reg, cfg.runs_dir / adapter)  # a run made before the registry existed
+        # Gates checked and the deployment written in one transaction, serialised with concurrent promotions.
+        row = reg.promote(adapter, to, force=force, canary=canary, shadow=shadow, note=note)
     if json_out:
         emit_json(row)
         return
@@ -58,7 +60,8 @@ def rollback(
 ) -> None:
     """Return a stage to its previous deployment (a shadow, if any, is stopped)."""
     _, reg = _open(config)
-    row = reg.rollback(stage)
+    with reg:
+        row = reg.rollback(stage)
     if json_out:
         emit_json(row)
     else:

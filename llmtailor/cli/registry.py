@@ -28,7 +28,8 @@ def ls(kind: str = typer.Option(None, "--kind", help="dataset, run, adapter, ind
     from rich.table import Table
 
     _, reg = _open(config)
-    rows = reg.list(kind)
+    with reg:
+        rows = reg.list(kind)
     if json_out:
         emit_json({"items": rows})
         return
@@ -49,7 +50,8 @@ def ls(kind: str = typer.Option(None, "--kind", help="dataset, run, adapter, ind
 def show(ident: str = typer.Argument(..., help="Any registry id."), config: Path = CONFIG) -> None:
     """One record as JSON."""
     _, reg = _open(config)
-    emit_json(reg.show(ident))
+    with reg:
+        emit_json(reg.show(ident))
 
 
 @app.command("lineage")
@@ -57,7 +59,8 @@ def lineage(ident: str = typer.Argument(..., help="A dataset, run, adapter, eval
             config: Path = CONFIG, json_out: bool = JSON) -> None:
     """dataset -> run -> adapter -> evaluation -> deployment."""
     _, reg = _open(config)
-    chain = reg.lineage(ident)
+    with reg:
+        chain = reg.lineage(ident)
     if json_out:
         emit_json({"lineage": chain})
         return
@@ -75,9 +78,10 @@ def sync(config: Path = CONFIG) -> None:
 
     cfg, reg = _open(config)
     n = 0
-    for run in list_runs(cfg.runs_dir):
-        sync_run(reg, run)
-        n += 1
+    with reg:
+        for run in list_runs(cfg.runs_dir):
+            sync_run(reg, run)
+            n += 1
     console.print(f"[green]synced[/] {n} runs into {reg.display_url}")
 
 
@@ -98,7 +102,8 @@ def shadow(stage: str = typer.Option("production", "--stage", help="staging or p
     _, reg = _open(config)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     since = now - dt.timedelta(days=since_days) if since_days else None
-    report = shadow_report(reg, stage=stage, since=since, limit=None if json_out else last)
+    with reg:
+        report = shadow_report(reg, stage=stage, since=since, limit=None if json_out else last)
     if json_out:
         emit_json(report)
         return

@@ -9,15 +9,24 @@ shadow, forced promotion and rollback stays in the history. Columns added after 
 added on open (`_add_missing_columns`), so an older registry.db keeps working.
 The PostgreSQL path (psycopg 3, `pip install 'llmtailor[postgres]'`) runs the same tests on a real server; a
 plain `postgresql://` or `postgres://` URL is read as `postgresql+psycopg://`.
+
+Several processes share one registry (the server's request-log writer, CLI commands, CI). SQLite is opened in WAL
+mode (readers and the writer do not block each other) with a busy timeout and synchronous=NORMAL, and every writing
+session starts with BEGIN IMMEDIATE, so writers queue for the lock instead of failing or acting on a stale read.
+Promote and rollback read the stage's current deployment, check the gates and write the new row in one transaction
+that also holds the stage's lock (SQLite: the write lock; PostgreSQL: a transaction advisory lock), so concurrent
+promotions form one chain instead of forking the history.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -283,12 +292,20 @@ class Registry:
         except (SQLAlchemyError, ValueError) as e:
             raise TailorError(f"registry {safe_url(url)}: cannot open ({e})") from None
         if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_pragmas(timeout))
+            event.listen(self.engine, "begin", _sqlite_begin)
         elif url.startswith("postgresql"):
             event.listen(self.engine, "connect", _pg_lock_timeout(timeout))
+        # Sessions that write run on this view of the engine: on SQLite their transaction starts with BEGIN IMMEDIATE.
+        self._writer = self.engine.execution_options(**{_WRITE: True})
         try:
-            Base.metadata.create_all(self.engine)
-            _add_missing_columns(self.engine)
+            with self.engine.connect() as conn:
+                current = not _schema_todo(conn)
+            if not current:  # under the write lock: processes opening a new registry at once create it once
+                with self._writer.begin() as conn:
+                    _lock(conn, "schema")
+                    Base.metadata.create_all(conn)
+                    _add_missing_columns(conn)
         except SQLAlchemyError as e:
             self.engine.dispose()
             raise registry_error(url, e) from None
@@ -304,13 +321,30 @@ class Registry:
         url = cfg.registry.url or default_url(cfg.base_dir if cfg.path else Path(cfg.runs_dir).parent)
         return cls(url)
 
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Dispose of the connections; on SQLite first fold the write-ahead log into the database file (as far as
+        readers allow), so a plain copy of registry.db made afterwards has this process's writes."""
+        if self.url.startswith("sqlite"):
+            with contextlib.suppress(Exception):
+                raw = self.engine.raw_connection()
+                try:
+                    raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    raw.close()
         self.engine.dispose()
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """One transaction. `write=True` for any session that writes: on SQLite it takes the write lock first
+        (BEGIN IMMEDIATE, waiting up to the busy timeout), so what it reads cannot change before it commits."""
         try:
-            with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            with Session(self._writer if write else self.engine, expire_on_commit=False) as s, s.begin():
                 yield s
         except SQLAlchemyError as e:
             raise registry_error(self.url, e) from None
@@ -319,7 +353,8 @@ class Registry:
     def record_dataset(self, hash_: str, path: str | Path, card: dict[str, Any] | None = None) -> str:
         card = card or {}
         rid = f"ds-{hash_}"
-        with self.session() as s:
+        with self.session(write=True) as s:
+            _lock(s, rid)
             row = s.get(Dataset, rid) or Dataset(id=rid, hash=hash_)
             row.path = str(path)
             row.card = json.loads(json.dumps(card, default=str))
@@ -332,9 +367,12 @@ class Registry:
         cfg_file = run_dir / "config.yaml"
         metrics = {k: info[k] for k in ("final_loss", "first_loss", "train_loss", "steps", "train_runtime_s",
                                         "train_tokens_per_s", "train_rows") if k in info}
-        with self.session() as s:
+        with self.session(write=True) as s:
             ds = info.get("dataset_hash")
             ds_id = f"ds-{ds}" if ds else None
+            if ds_id:
+                _lock(s, ds_id)  # the dataset before the run, as record_dataset: no lock-order deadlock
+            _lock(s, f"run:{rid}")
             if ds_id and s.get(Dataset, ds_id) is None:
                 s.add(Dataset(id=ds_id, hash=ds, path=str(info.get("dataset_dir") or ""), card={}, rows={}))
             row = s.get(Run, rid) or Run(id=rid)
@@ -351,7 +389,8 @@ class Registry:
 
     def record_adapter(self, run_id: str, path: Path, method: str | None, base_model: str | None) -> str:
         aid = f"ad-{run_id}"
-        with self.session() as s:
+        with self.session(write=True) as s:
+            _lock(s, aid)
             row = s.get(Adapter, aid) or Adapter(id=aid)
             row.run_id = run_id
             row.path = str(path)
@@ -363,7 +402,7 @@ class Registry:
     def record_evaluation(self, run_id: str, results_path: Path, results: dict[str, Any]) -> str:
         gates, passed = parse_gates(results)
         metrics = results.get("variants", {})
-        with self.session() as s:
+        with self.session(write=True) as s:
             adapter = s.get(Adapter, f"ad-{run_id}")
             row = Evaluation(run_id=run_id, adapter_id=adapter.id if adapter else None, results_path=str(results_path),
                              metrics=json.loads(json.dumps(metrics, default=str)), gates=gates, passed=passed)
@@ -373,7 +412,8 @@ class Registry:
 
     def record_index(self, path: Path, fingerprint: str | None, info: dict[str, Any]) -> str:
         iid = "ix-" + hashlib.sha256(f"{Path(path).resolve()}|{fingerprint}".encode()).hexdigest()[:12]
-        with self.session() as s:
+        with self.session(write=True) as s:
+            _lock(s, iid)
             row = s.get(IndexVersion, iid) or IndexVersion(id=iid)
             row.path = str(path)
             row.fingerprint = fingerprint
@@ -384,7 +424,8 @@ class Registry:
     def record_export(self, run_id: str, path: Path, fmt: str, quant: str | None, info: dict[str, Any]) -> str:
         """An exported file, linked to the run and its adapter; re-exporting to the same path updates the row."""
         xid = "ex-" + hashlib.sha256(f"{Path(path).resolve()}|{fmt}|{quant}".encode()).hexdigest()[:12]
-        with self.session() as s:
+        with self.session(write=True) as s:
+            _lock(s, xid)
             adapter = s.get(Adapter, f"ad-{run_id}")
             row = s.get(Export, xid) or Export(id=xid)
             row.run_id = run_id if s.get(Run, run_id) is not None else None
@@ -470,8 +511,7 @@ class Registry:
     # ---- deployments -----------------------------------------------------------------------------
     def current(self, stage: str) -> DeploymentState | None:
         with self.session() as s:
-            row = s.scalars(select(Deployment).where(Deployment.stage == stage)
-                            .order_by(Deployment.id.desc()).limit(1)).first()
+            row = _current_row(s, stage)
             if row is None or row.adapter_id is None and row.canary_adapter_id is None:
                 return None
 
@@ -492,28 +532,33 @@ class Registry:
         """
         if stage not in STAGES:
             raise TailorError(f"unknown stage {stage!r}: use staging or production")
-        found = self.adapter(adapter)
-        if found is None:
-            raise TailorError(f"adapter {adapter!r} is not registered (see `tailor registry ls --kind adapter`)")
-        aid = found["id"]
-        if not Path(found["path"]).exists():
-            raise TailorError(f"adapter {aid}: folder {found['path']} no longer exists")
-        ev = self.latest_evaluation(aid)
-        problem = None
-        if ev is None and stage == "production":
-            problem = "has no evaluation recorded (run `tailor eval` first)"
-        elif ev is not None and ev["passed"] is False:
-            problem = f"failed its evaluation gates ({ev['id']})"
-        if problem and not force:
-            raise TailorError(f"refusing to promote {aid} to {stage}: it {problem}; use --force to override "
-                              "(the override is recorded)")
-        if canary is not None and not 0 < canary < 100:
-            raise TailorError("--canary takes a percentage between 0 and 100 (exclusive)")
-        if canary is not None and shadow:
-            raise TailorError("--canary and --shadow cannot be combined: an adapter either answers users or shadows")
-        with self.session() as s:
-            prev = s.scalars(select(Deployment).where(Deployment.stage == stage)
-                             .order_by(Deployment.id.desc()).limit(1)).first()
+        # One transaction from the gate check to the new row, holding the stage's lock: a concurrent promote or
+        # rollback waits, then acts on this row (the history stays one chain), and the gates checked are the ones
+        # in force when the row is written.
+        with self.session(write=True) as s:
+            _lock(s, f"deploy:{stage}")
+            found = s.get(Adapter, adapter) or s.get(Adapter, f"ad-{adapter}")
+            if found is None:
+                raise TailorError(f"adapter {adapter!r} is not registered (see `tailor registry ls --kind adapter`)")
+            aid = found.id
+            if not Path(found.path).exists():
+                raise TailorError(f"adapter {aid}: folder {found.path} no longer exists")
+            ev = s.scalars(select(Evaluation).where(Evaluation.adapter_id == aid)
+                           .order_by(Evaluation.id.desc()).limit(1)).first()
+            problem = None
+            if ev is None and stage == "production":
+                problem = "has no evaluation recorded (run `tailor eval` first)"
+            elif ev is not None and ev.passed is False:
+                problem = f"failed its evaluation gates (ev-{ev.id})"
+            if problem and not force:
+                raise TailorError(f"refusing to promote {aid} to {stage}: it {problem}; use --force to override "
+                                  "(the override is recorded)")
+            if canary is not None and not 0 < canary < 100:
+                raise TailorError("--canary takes a percentage between 0 and 100 (exclusive)")
+            if canary is not None and shadow:
+                raise TailorError("--canary and --shadow cannot be combined: an adapter either answers users or "
+                                  "shadows")
+            prev = _current_row(s, stage)
             if canary is not None:
                 if prev is None or prev.adapter_id is None:
                     raise TailorError(f"no {stage} deployment to run a canary beside; promote one first")
@@ -530,10 +575,12 @@ class Registry:
             return _row_dict(row) | {"id": f"dep-{row.id}", "warning": problem}
 
     def rollback(self, stage: str = "production") -> dict[str, Any]:
-        """Return a stage to the state before its current deployment (repeatable: walks further back)."""
-        with self.session() as s:
-            cur = s.scalars(select(Deployment).where(Deployment.stage == stage)
-                            .order_by(Deployment.id.desc()).limit(1)).first()
+        """Return a stage to the state before its current deployment (repeatable: walks further back).
+
+        Serialised with promotions of the stage like `promote`, so two rollbacks at once go back two steps."""
+        with self.session(write=True) as s:
+            _lock(s, f"deploy:{stage}")
+            cur = _current_row(s, stage)
             if cur is None:
                 raise TailorError(f"nothing deployed to {stage}")
             target = s.get(Deployment, cur.previous_id) if cur.previous_id else None
@@ -556,7 +603,7 @@ class Registry:
         if not models:
             raise TailorError("a key needs at least one model (alias, adapter id, base name, or '*')")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
-        with self.session() as s:
+        with self.session(write=True) as s:
             row = ApiKey(key_hash=hash_key(secret), prefix=secret[:10], tenant=tenant.strip(), groups=list(groups),
                          models=list(models), level=level, rate_limit=rate_limit, name=name)
             s.add(row)
@@ -586,7 +633,7 @@ class Registry:
         num = ident.removeprefix("key-")
         if not num.isdigit():
             raise TailorError(f"key id {ident!r}: expected key-<n> as shown by `tailor keys ls`")
-        with self.session() as s:
+        with self.session(write=True) as s:
             row = s.get(ApiKey, int(num))
             if row is None:
                 raise TailorError(f"no key {ident}")
@@ -595,11 +642,11 @@ class Registry:
 
     # ---- request log and feedback ----------------------------------------------------------------
     def log_request(self, **fields: Any) -> None:
-        with self.session() as s:
+        with self.session(write=True) as s:
             s.add(RequestLog(**fields))
 
     def add_feedback(self, request_id: str, rating: str, comment: str | None, key_id: int | None) -> int:
-        with self.session() as s:
+        with self.session(write=True) as s:
             if s.get(RequestLog, request_id) is None:
                 raise KeyError(request_id)
             row = Feedback(request_id=request_id, rating=rating, comment=comment, key_id=key_id)
@@ -635,6 +682,12 @@ class Registry:
             return [_row_dict(r) for r in s.scalars(select(Feedback).order_by(Feedback.id))]
 
 
+def _current_row(s: Session, stage: str) -> Deployment | None:
+    """The stage's newest deployment row: its current state."""
+    return s.scalars(select(Deployment).where(Deployment.stage == stage)
+                     .order_by(Deployment.id.desc()).limit(1)).first()
+
+
 def _shadow_row(prev: Deployment | None, stage: str, aid: str, *, forced: bool, note: str | None) -> Deployment:
     """The current deployment with `aid` added as its shadow (the canary, if any, stays)."""
     if prev is None or prev.adapter_id is None:
@@ -646,32 +699,87 @@ def _shadow_row(prev: Deployment | None, stage: str, aid: str, *, forced: bool, 
                       shadow_adapter_id=aid, previous_id=prev.id, forced=forced, note=note)
 
 
-def _add_missing_columns(engine: Any) -> None:
-    """Add columns (nullable ones only) and indexes newer than the database, so an older registry keeps working.
-
-    Names are quoted by the dialect and types compiled for it, so the same upgrade runs on SQLite and PostgreSQL.
-    """
-    insp = inspect(engine)
-    prep = engine.dialect.identifier_preparer
+def _schema_todo(conn: Any) -> list[tuple[Any, list[Any], list[Any]]]:
+    """(table, missing nullable columns, missing indexes) for each table not as this code defines it; a table not
+    in the database at all is listed with everything missing. Empty: nothing to create or upgrade."""
+    insp = inspect(conn)
+    tables = set(insp.get_table_names())
+    todo = []
     for table in Base.metadata.sorted_tables:
+        if table.name not in tables:
+            todo.append((table, list(table.columns), list(table.indexes)))
+            continue
         have = {c["name"] for c in insp.get_columns(table.name)}
         missing = [c for c in table.columns if c.name not in have and c.nullable]
         indexes = {i["name"] for i in insp.get_indexes(table.name)}
         new_indexes = [i for i in table.indexes if i.name not in indexes]
-        if not missing and not new_indexes:
-            continue
-        with engine.begin() as conn:
-            for col in missing:
-                kind = col.type.compile(dialect=engine.dialect)
-                conn.execute(text(f"ALTER TABLE {prep.format_table(table)} ADD COLUMN {prep.quote(col.name)} {kind}"))
-            for index in new_indexes:
-                index.create(conn, checkfirst=True)
+        if missing or new_indexes:
+            todo.append((table, missing, new_indexes))
+    return todo
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
+def _add_missing_columns(conn: Any) -> None:
+    """Add columns (nullable ones only) and indexes newer than the database, so an older registry keeps working.
+
+    Names are quoted by the dialect and types compiled for it, so the same upgrade runs on SQLite and PostgreSQL.
+    Runs in the caller's (writing, locked) transaction after create_all, so two processes never add the same
+    column and every table exists.
+    """
+    prep = conn.dialect.identifier_preparer
+    for table, missing, new_indexes in _schema_todo(conn):
+        for col in missing:
+            kind = col.type.compile(dialect=conn.dialect)
+            conn.execute(text(f"ALTER TABLE {prep.format_table(table)} ADD COLUMN {prep.quote(col.name)} {kind}"))
+        for index in new_indexes:
+            index.create(conn, checkfirst=True)
+
+
+_WRITE = "llmtailor_write"  # execution option of the writing engine view (see Registry.session)
+
+
+def _sqlite_pragmas(timeout: float) -> Any:
+    """Per connection: WAL, busy timeout, synchronous=NORMAL, foreign keys; transactions begun by `_sqlite_begin`.
+
+    WAL lets readers (the server's key lookups and deployment poll, `tailor monitor`) go on while one process
+    writes, and the writer commit while they read; NORMAL syncs the log at checkpoints, not at every commit (a
+    power cut may lose the last commits, never corrupt the file). The driver's own transaction handling is
+    switched off (isolation_level None) because it begins a transaction only at the first INSERT/UPDATE, after
+    the reads it depends on, and never with BEGIN IMMEDIATE.
+    """
+    ms = max(1, int(timeout * 1000))
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {ms}")
+            cur.execute("PRAGMA foreign_keys = ON")
+            try:  # switching a file to WAL needs a moment alone with it; if another process holds it, next time
+                cur.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError:
+                pass
+            cur.execute("PRAGMA synchronous = NORMAL")
+        finally:
+            cur.close()
+
+    return on_connect
+
+
+def _sqlite_begin(conn: Any) -> None:
+    """BEGIN IMMEDIATE for writing sessions (take the write lock before reading, wait for it up to the busy
+    timeout), a plain deferred BEGIN (a consistent snapshot that blocks no one in WAL) for reading ones."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
+def _lock(s: Session | Any, name: str) -> None:
+    """Serialise writers of `name` until the transaction ends. PostgreSQL: a transaction advisory lock (waits up to
+    lock_timeout; also covers a name with no row yet, e.g. a stage never deployed). SQLite: nothing to do, a
+    writing transaction already holds the database's only write lock from its BEGIN IMMEDIATE."""
+    bind = s.get_bind() if isinstance(s, Session) else s
+    if bind.dialect.name != "postgresql":
+        return
+    key = int.from_bytes(hashlib.sha256(f"llmtailor:{name}".encode()).digest()[:8], "big", signed=True)
+    s.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def normalize_url(url: str) -> str:

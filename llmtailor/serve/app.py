@@ -222,10 +222,12 @@ class Target:
 class RequestLogger:
     """Writes request log rows on a background thread so no request waits for the database."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self, registry: Any, metrics: Metrics | None = None) -> None:
         self.registry = registry
+        self.metrics = metrics
         self.q: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.errors = 0
+        self.last_error: str | None = None
         self.thread = threading.Thread(target=self._run, name="llmtailor-request-log", daemon=True)
         self.thread.start()
 
@@ -236,8 +238,13 @@ class RequestLogger:
                 if row is None:
                     return
                 self.registry.log_request(**row)
-            except Exception:  # a logging failure must not take the server down; it is counted
+            except Exception as e:  # a logging failure must not take the server down; counted, shown, warned
                 self.errors += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                if self.metrics is not None:
+                    self.metrics.request_log_errors.inc()
+                if self.errors == 1 or self.errors % 100 == 0:
+                    log.warning("request log: %d row(s) not written (last: %s)", self.errors, self.last_error)
             finally:
                 self.q.task_done()
 
@@ -269,7 +276,7 @@ class Server:
         self.deployments_loaded = False
         self._retrievers: dict[str, Any] = {}
         self._lock = threading.Lock()
-        self.logger = RequestLogger(registry) if registry is not None and self.serve.log_requests else None
+        self.logger = RequestLogger(registry, metrics) if registry is not None and self.serve.log_requests else None
         self.schemas = {name: load_schema(_abs(a.guardrails.json_schema, cfg.base_dir))
                         for name, a in self.serve.aliases.items() if a.guardrails.json_schema}
         self.router = Router(self.serve.aliases, self.embedder)

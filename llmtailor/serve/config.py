@@ -200,7 +200,7 @@ class ServeConfig(BaseModel):
         0.0, ge=0.0, le=2.0, description="Used when a request gives no temperature; 0 = greedy (reproducible)."
     )
     deployment_poll_s: float = Field(
-        2.0, gt=0, description="How often the server re-reads the deployment table (promote/rollback/canary)."
+        0.5, gt=0, description="How often the server re-reads the deployment table (promote/rollback/canary)."
     )
     log_requests: bool = Field(True, description="Log requests (latency, alias, guardrail hits) to the registry.")
     log_content: bool = Field(

@@ -38,6 +38,8 @@ class Metrics(EngineStats):
                                  ["model"], registry=r)
         self.guardrail = Counter("llmtailor_guardrail_hits", "Guardrail detections by check and action.",
                                  ["model", "check", "action"], registry=r)
+        self.request_log_errors = Counter("llmtailor_request_log_errors",
+                                          "Request-log rows the registry did not take (they are lost).", registry=r)
         self.prefix_lookups = Counter("llmtailor_prefix_cache_lookups", "Batches that declared a shared prompt prefix.",
                                       registry=r)
         self.prefix_hits = Counter("llmtailor_prefix_cache_hits", "Batches whose prefix KV cache was reused.",
