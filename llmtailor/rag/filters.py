@@ -368,7 +368,8 @@ def to_mask(flt: Filter | None, cols: Columns) -> Any:
         arr = cols.values[flt.column]
         if flt.op in ("in", "notin"):
             vals = [v for v in flt.value if _typed(flt.column, v)]
-            hit = np.isin(arr, np.asarray(vals, dtype=arr.dtype)) if vals else np.zeros(cols.n, dtype=bool)
+            # No dtype=arr.dtype: a string column's fixed width would cut 'acme-evil' to 'acme' and match it.
+            hit = np.isin(arr, np.asarray(vals)) if vals else np.zeros(cols.n, dtype=bool)
             return hit if flt.op == "in" else ~hit
         if not _typed(flt.column, flt.value):
             return np.ones(cols.n, dtype=bool) if flt.op == "!=" else np.zeros(cols.n, dtype=bool)

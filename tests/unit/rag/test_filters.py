@@ -116,3 +116,12 @@ def test_caller_of_cli_values():
     c = Caller.of(" acme ", "hr,eng", "internal")
     assert c == Caller("acme", ("hr", "eng"), 1)
     assert Caller.of() == Caller("", (), 0)
+
+
+def test_in_list_never_matches_a_longer_value_cut_to_the_column_width():
+    from llmtailor.rag.filters import Columns, to_mask
+
+    cols = Columns(2, {"tenant": ["acme", "glob"]}, {})
+    mask = to_mask(parse_where("tenant IN ('acme-evil', 'globex')"), cols)
+    assert mask.tolist() == [False, False]  # the 4-character column must not truncate the literals
+    assert to_mask(parse_where("tenant IN ('acme')"), cols).tolist() == [True, False]
