@@ -83,6 +83,7 @@ class Models:
 
     def __init__(self, cfg: TailorConfig, run_dir: Path, *, tuned: Any = None, base: Any = None, tok: Any = None):
         self.cfg = cfg
+        given = tuned is not None
         if tuned is None:
             tuned, tok, has_adapter = _load_tuned(cfg, run_dir)
         else:
@@ -90,9 +91,11 @@ class Models:
         self.tuned, self.tok, self.has_adapter, self._base = tuned, tok, has_adapter, base
         self._structured: Any = None
         self.run_dir = run_dir
-        from llmtailor.serve.engines import choose_engine
+        from llmtailor.serve.engines import EngineChoice, choose_engine
 
-        self.engine = choose_engine(cfg.model, cfg.eval.engine)
+        # Models handed in by the caller are what must be evaluated: they answer themselves, through transformers.
+        self.engine = (EngineChoice("transformers", "models given in process") if given
+                       else choose_engine(cfg.model, cfg.eval.engine))
         self._llama: Any = None
         self._schema: dict | None = None
 
