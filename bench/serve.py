@@ -163,9 +163,12 @@ def start_tailor(config: Path, engine: str, port: int) -> subprocess.Popen:
 
 
 def start_llama_server(binary: str, gguf: Path, port: int, threads: int) -> subprocess.Popen:
+    # The same OpenMP wait policy as `tailor serve --engine llamacpp` sets for itself (PASSIVE unless the user set
+    # one): both sides run the same kernels under the same threading rule.
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     return subprocess.Popen([binary, "-m", str(gguf), "--port", str(port), "-t", str(threads), "-tb", str(threads),
                              "--parallel", "8", "-c", "16384", "--no-webui"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
 def stop(proc: subprocess.Popen) -> None:

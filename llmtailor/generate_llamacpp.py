@@ -20,11 +20,11 @@ class LlamaCppGenerator:
     """One base GGUF context; adapters (GGUF LoRA files) switched per call."""
 
     def __init__(self, gguf: Path, tokenizer: Any, *, n_ctx: int = 4096):
-        from llama_cpp import Llama
-
         from llmtailor.serve.llamacpp_engine import default_threads, quiet_native, require_llama_cpp
 
         self.lc = require_llama_cpp()
+        from llama_cpp import Llama
+
         self.tok = tokenizer
         threads = default_threads()
         with quiet_native():

@@ -1,14 +1,17 @@
-"""The generation engine: one base model, many PEFT adapters, requests batched as they arrive.
+"""The generation engine: one base model, many PEFT adapters, continuous batching.
 
-A single worker thread owns the model. Requests queue up; the worker takes the oldest, waits a few
-milliseconds for others that arrived together, and decodes all of them with the same sampling settings in
-one batched `model.generate` call. When the batch mixes adapters, PEFT's mixed-adapter inference
-(`adapter_names=`) runs them in the same forward passes; adapters load on first use with `load_adapter`
-and the least recently used are deleted, all without reloading the base. DoRA adapters are the exception:
-PEFT recomputes DoRA's weight norms at every forward, so each one is merged into its own copy of the base
-(`merge_and_unload`) on first use and its requests run as a plain forward in batches of their own; the
-merged copies count against the same LRU budget. Tokens stream back to each request as they are produced,
-and a request whose client went away stops being decoded at the next step.
+A single worker thread owns the model and runs its own decoding loop over a transformers KV cache (batching.py).
+Requests that arrive together are prefilled together; between two decoding steps, requests that arrived meanwhile
+are prefilled and join the running batch, and finished ones leave it, so nobody waits for a whole batch to end.
+Every row has its own sampling settings (greedy, or temperature / top-p), stop strings and token budget. When the
+batch mixes adapters, PEFT's mixed-adapter inference (`adapter_names=`) runs them in the same forward passes;
+adapters load on first use with `load_adapter` and the least recently used idle ones are deleted, all without
+reloading the base. DoRA adapters are the exception: PEFT recomputes DoRA's weight norms at every forward, so each
+one is merged into its own copy of the base (`merge_and_unload`) on first use and its requests run as a plain
+forward in a batch ("lane") of their own; the merged copies count against the same LRU budget. Tokens stream back
+to each request as they are produced (decoded incrementally), and a request whose client went away leaves the batch
+at the next step. The model runs in the precision it was loaded in (bf16 where the CPU has native BF16, see
+models.load_model), under `torch.inference_mode()`.
 
 Two optional per-request additions: a grammar `constraint` (structured output, see structured.py) masks that
 row's logits at every step, and a `prefix_len` hint marks the shared head of the prompt (system prompt, RAG
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtailor.errors import TailorError
+from llmtailor.serve.batching import Detok, Lane, choose, forward_names, mergeable, new_cache
 
 BASE = "__base__"  # PEFT's name for "no adapter" in mixed-adapter batches
 
@@ -124,6 +128,8 @@ class Engine:
         self._prefixes: OrderedDict[tuple, Any] = OrderedDict()
         self.prefix_hits = 0
         self.prefix_misses = 0
+        self._lanes: dict[str | None, Lane] = {}  # running batches, by lane key (see _lane_key)
+        self._fwd_names: dict[int, tuple[str, bool]] = {}
         self._structured: Any = None
         self._structured_lock = threading.Lock()
 
@@ -184,8 +190,9 @@ class Engine:
         """DoRA adapters currently served from a merged copy of the base."""
         return list(self._merged)
 
-    def _ensure_loaded(self, name: str) -> None:
-        """Load (or touch) an adapter inside the worker thread, evicting the least recently used."""
+    def _ensure_loaded(self, name: str, protect: set[str] | frozenset[str] = frozenset()) -> None:
+        """Load (or touch) an adapter inside the worker thread, evicting the least recently used one that no running
+        request (and nothing in `protect`) needs."""
         if name in self._loaded:
             self._loaded.move_to_end(name)
             return
@@ -193,8 +200,12 @@ class Engine:
 
         t0 = time.perf_counter()
         path = self._paths[name]
+        busy = self._in_use() | set(protect)
         while len(self._loaded) >= self.max_loaded_adapters:
-            self._evict(next(iter(self._loaded)))
+            victim = next((n for n in self._loaded if n not in busy), None)
+            if victim is None:
+                raise TailorError(f"cannot load adapter {name!r}: all {len(self._loaded)} loaded adapters are in use")
+            self._evict(victim)
         if self._is_merged(name):
             self._merged[name] = self._merge(name, path)
         elif not isinstance(self.model, PeftModel):
@@ -288,57 +299,195 @@ class Engine:
             req.cancel()
 
     # ---- the worker ------------------------------------------------------------------------------
-    def _take_batch(self) -> list[GenRequest]:
+    def _lane_key(self, adapter: str | None) -> str | None:
+        """The lane a request decodes in: each DoRA adapter (merged copy, or alone through PEFT) has its own, as has
+        every adapter when mixing is off; the base and the LoRA adapters share lane None."""
+        if adapter is not None and (adapter in self._dora or not self.mixed_adapters):
+            return adapter
+        return None
+
+    def _lane_model(self, key: str | None) -> Any:
+        return self._merged[key] if key is not None and key in self._merged else self.model
+
+    def _in_use(self) -> set[str]:
+        return {r.adapter for lane in self._lanes.values() for r in lane.rows if r.adapter is not None}
+
+    def _take(self, wait: bool) -> list[GenRequest]:
+        """Queued requests that can start now: room in their lane, their adapter within the loaded budget.
+        When idle (`wait`), block for the first request and then wait briefly for the rest of its burst."""
         with self._cond:
-            while self._running and not self._pending:
-                self._cond.wait(timeout=0.5)
-            if not self._running:
+            if wait:
+                while self._running and not self._pending:
+                    self._cond.wait(timeout=0.5)
+                deadline = time.perf_counter() + self.batch_wait
+                while self._running and len(self._pending) < self.max_batch_size:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cond.wait(timeout=left)
+            if not self._running or not self._pending:
                 return []
-            # Requests arriving together share the batch: wait briefly for the rest of the burst.
-            deadline = time.perf_counter() + self.batch_wait
-            while len(self._pending) < self.max_batch_size:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    break
-                self._cond.wait(timeout=left)
-            self._pending = [r for r in self._pending if not r.cancelled.is_set()]
-            if not self._pending:
-                return []
-            key = self._pending[0].sampling_key
-            first_adapter = self._pending[0].adapter
-            batch, rest = [], []
-            adapters: set[str] = set()
+            room = {k: self.max_batch_size - len(lane) for k, lane in self._lanes.items()}
+            needed = self._in_use()
+            taken, rest = [], []
             for r in self._pending:
-                same = r.sampling_key == key and (self._can_mix(r.adapter, first_adapter))
-                # Every adapter of a batch must be loaded at once: no more distinct ones than the LRU holds.
-                fits = r.adapter is None or r.adapter in adapters or len(adapters) < self.max_loaded_adapters
-                if same and fits and len(batch) < self.max_batch_size:
-                    batch.append(r)
-                    adapters.update([r.adapter] if r.adapter is not None else [])
+                if r.cancelled.is_set():
+                    continue
+                key = self._lane_key(r.adapter)
+                lane = self._lanes.get(key)
+                # Every adapter decoding at once must be loaded at once: no more distinct ones than the LRU holds.
+                fits = r.adapter is None or r.adapter in needed or len(needed) < self.max_loaded_adapters
+                if room.get(key, self.max_batch_size) > 0 and fits and (lane is None or lane.joinable):
+                    taken.append(r)
+                    room[key] = room.get(key, self.max_batch_size) - 1
+                    needed.update([r.adapter] if r.adapter is not None else [])
                 else:
                     rest.append(r)
             self._pending = rest
             self.stats.queue_depth(len(rest))
-            return batch
+            return taken
 
-    def _shared_prefix(self, batch: list[GenRequest]) -> list[int] | None:
-        """The prefix every request of a single-adapter batch declared and shares (None: no prefix caching)."""
-        if self.prefix_cache_size <= 0:
-            return None
-        first = batch[0]
-        # Keep at least one token outside the prefix: generate needs something to run on.
-        n = min(first.prefix_len, min(len(r.prompt_ids) for r in batch) - 1)
-        if n < self.prefix_min_tokens:
-            return None
-        head = first.prompt_ids[:n]
-        if any(r.prefix_len < n or r.prompt_ids[:n] != head for r in batch[1:]):
-            return None
-        return head
+    def _loop(self) -> None:
+        while self._running:
+            taken = self._take(wait=not self._lanes)
+            if taken:
+                self._start_requests(taken)
+            self._step_all()
+        for lane in self._lanes.values():
+            self._fail(lane.rows, TailorError("server shutting down"))
+        self._lanes.clear()
+
+    def _run(self, batch: list[GenRequest]) -> None:
+        """Decode these requests to the end in the calling thread (tests; the worker runs the same steps)."""
+        self._start_requests([r for r in batch if not r.cancelled.is_set()])
+        while self._lanes:
+            self._step_all()
+
+    def _fail(self, reqs: list[GenRequest], e: Exception) -> None:
+        for r in reqs:  # a failed step fails its requests, never the server
+            if not r.done:
+                r.done = True
+                r.emit(Event("error", error=e))
+
+    def _start_requests(self, reqs: list[GenRequest]) -> None:
+        """Load the adapters the requests need, prefill them and join them to their lanes."""
+        groups: dict[str | None, list[GenRequest]] = {}
+        for r in reqs:
+            groups.setdefault(self._lane_key(r.adapter), []).append(r)
+        for key, group in groups.items():
+            try:
+                names = [r.adapter for r in group if r.adapter is not None]
+                for n in dict.fromkeys(names):
+                    self._ensure_loaded(n, protect=set(names))
+                self._prefill(key, group)
+            except Exception as e:
+                self._fail(group, e)
+
+    def _prefix_of(self, r: GenRequest) -> list[int] | None:
+        """The request's declared shared prefix, if worth caching (at least one prompt token stays outside)."""
+        n = min(r.prefix_len, len(r.prompt_ids) - 1)
+        return r.prompt_ids[:n] if self.prefix_cache_size > 0 and n >= self.prefix_min_tokens else None
+
+    def _prefill(self, key: str | None, reqs: list[GenRequest]) -> None:
+        """Prefill new requests (one forward per shared prefix, left-padded), choose their first tokens, join."""
+        import torch
+
+        model = self._lane_model(key)
+        joinable = mergeable(new_cache(model))
+        if key not in self._lanes:
+            self.batches_run += 1
+        subs: dict[Any, list[GenRequest]] = {}
+        for r in reqs:
+            head = self._prefix_of(r) if joinable else None  # caches that cannot be joined: one prefill
+            subs.setdefault((r.adapter, tuple(head)) if head else None, []).append(r)
+        for sub_key, group in subs.items():
+            prefix = list(sub_key[1]) if sub_key else []
+            p = len(prefix)
+            # Layout: [shared prefix][left padding][rest of each prompt]; positions follow the mask.
+            width = max(len(r.prompt_ids) - p for r in group)
+            ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(group), p + width), dtype=torch.long)
+            mask[:, :p] = 1
+            for i, r in enumerate(group):
+                rest = r.prompt_ids[p:]
+                ids[i, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
+                mask[i, p + width - len(rest):] = 1
+            mask = mask.to(self.device)
+            positions = (mask.cumsum(1) - 1).masked_fill(mask == 0, 0)[:, p:]
+            with torch.inference_mode():
+                cache = self._prefix_kv(model, group[0].adapter, prefix, len(group)) if p else new_cache(model)
+                logits = self._forward(model, [r.adapter for r in group], ids.to(self.device), mask, positions,
+                                       cache)
+                sub = Lane(key)
+                sub.join(group, cache, mask, mask.sum(1), torch.tensor(self._choose(group, logits), device=self.device))
+                sub.keep(self._advance_rows(sub.rows, sub.last.tolist()))
+            if sub.rows:
+                lane = self._lanes.setdefault(key, Lane(key))
+                lane.joinable = joinable
+                lane.join(sub.rows, sub.cache, sub.mask, sub.pos, sub.last)
+                self.stats.batch(len(lane), len({r.adapter for r in lane.rows}))
+
+    def _step_all(self) -> None:
+        for key, lane in list(self._lanes.items()):
+            try:
+                self._step_lane(lane)
+            except Exception as e:
+                self._fail(lane.rows, e)
+                lane.keep([])
+            if not lane.rows:
+                self._lanes.pop(key, None)
+
+    def _step_lane(self, lane: Lane) -> None:
+        """One decoding step for every row of the lane: one forward, one token each; finished rows leave."""
+        import torch
+
+        lane.keep([i for i, r in enumerate(lane.rows) if not self._cancelled(r)])
+        if not lane.rows:
+            return
+        with torch.inference_mode():
+            mask = torch.cat([lane.mask, lane.mask.new_ones((len(lane), 1))], dim=1)
+            logits = self._forward(self._lane_model(lane.key), [r.adapter for r in lane.rows],
+                                   lane.last.unsqueeze(1), mask, lane.pos.unsqueeze(1), lane.cache)
+            lane.mask, lane.pos = mask, lane.pos + 1
+            toks = self._choose(lane.rows, logits)
+            lane.last = torch.tensor(toks, device=self.device)
+            lane.keep(self._advance_rows(lane.rows, toks))
+
+    def _forward(self, model: Any, names: list[str | None], ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        """Logits of the last position of each row, with the rows' adapters active (mixed through PEFT)."""
+        kwargs: dict[str, Any] = {}
+        ctx: Any = contextlib.nullcontext()
+        if model is self.model:  # merged DoRA copies run a plain forward
+            if len(set(names)) > 1:
+                kwargs["adapter_names"] = [n if n is not None else BASE for n in names]
+            elif names[0] is not None:
+                if getattr(model, "active_adapter", None) != names[0]:
+                    model.set_adapter(names[0])
+            elif hasattr(model, "disable_adapter"):
+                ctx = model.disable_adapter()
+        spec = self._fwd_names.get(id(model))
+        if spec is None:
+            spec = self._fwd_names[id(model)] = forward_names(model)
+        if spec[1]:
+            kwargs["logits_to_keep"] = 1
+        with ctx:
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                        **{spec[0]: cache}, **kwargs)
+        return out.logits[:, -1]
+
+    def _choose(self, reqs: list[GenRequest], logits: Any) -> list[int]:
+        """Grammar masks first (in place, on float32 scores), then greedy or sampled per row."""
+        if all(r.temperature <= 0 and r.constraint is None for r in reqs):
+            return logits.argmax(-1).tolist()
+        scores = logits.float()
+        for i, r in enumerate(reqs):
+            if r.constraint is not None:
+                r.constraint.mask(scores[i], r.max_tokens - len(r.ids))
+        return choose(scores, [r.temperature for r in reqs], [r.top_p for r in reqs])
 
     def _prefix_kv(self, model: Any, adapter: str | None, prefix: list[int], rows: int) -> Any:
         """A fresh copy of the prefix's KV cache for `rows` rows; computed (one forward pass) on a miss."""
         import torch
-        from transformers import DynamicCache
 
         key = (adapter, tuple(prefix))
         cached = self._prefixes.get(key)
@@ -349,13 +498,14 @@ class Engine:
         else:
             self.prefix_misses += 1
             self.stats.prefix_lookup(False, len(prefix))
-            cached = DynamicCache()
+            cached = new_cache(model)
             x = torch.tensor([prefix], dtype=torch.long, device=self.device)
-            model(input_ids=x, attention_mask=torch.ones_like(x), past_key_values=cached, use_cache=True)
+            positions = torch.arange(len(prefix), device=self.device).unsqueeze(0)
+            self._forward(model, [adapter], x, torch.ones_like(x), positions, cached)
             self._prefixes[key] = cached
             while len(self._prefixes) > self.prefix_cache_size:
                 self._prefixes.popitem(last=False)
-        kv = copy.deepcopy(cached)  # generate appends to the cache it is given
+        kv = copy.deepcopy(cached)  # decoding appends to the cache it is given
         if rows > 1:
             kv.batch_repeat_interleave(rows)
         return kv
@@ -363,165 +513,47 @@ class Engine:
     def clear_prefix_cache(self) -> None:
         self._prefixes.clear()
 
-    def _can_mix(self, a: str | None, b: str | None) -> bool:
-        # DoRA adapters cannot run in PEFT mixed batches: they batch only with requests for the same adapter.
-        if a == b:
-            return True
-        return self.mixed_adapters and a not in self._dora and b not in self._dora
+    def _cancelled(self, r: GenRequest) -> bool:
+        if r.cancelled.is_set() and not r.done:
+            r.done, r.finish_reason = True, "cancelled"
+            self.stats.finished(r, len(r.ids), time.perf_counter() - r.created)
+        return r.done
 
-    def _loop(self) -> None:
-        while self._running:
-            batch = self._take_batch()
-            if not batch:
-                continue
-            try:
-                self._run(batch)
-            except Exception as e:  # a failed batch fails its requests, never the server
-                for r in batch:
-                    if not r.done:
-                        r.done = True
-                        r.emit(Event("error", error=e))
-
-    def _run(self, batch: list[GenRequest]) -> None:
-        for n in dict.fromkeys(r.adapter for r in batch if r.adapter is not None):
-            self._ensure_loaded(n)
-        for group in self._sub_batches(batch):
-            self._run_group(group)
-
-    def _sub_batches(self, batch: list[GenRequest]) -> list[list[GenRequest]]:
-        """One sub-batch per merged DoRA adapter (it runs on its own model copy), one for base and LoRA requests.
-
-        The batcher already keeps DoRA requests apart; this keeps answers right even when it could not
-        (an adapter re-registered as DoRA while its requests were queued).
-        """
-        groups: dict[str | None, list[GenRequest]] = {}
-        for r in batch:
-            groups.setdefault(r.adapter if r.adapter in self._merged else None, []).append(r)
-        return list(groups.values())
-
-    def _run_group(self, batch: list[GenRequest]) -> None:
-        import torch
-        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-        from transformers.generation.streamers import BaseStreamer
-
-        names = [r.adapter for r in batch]
-        distinct = set(names)
-        kwargs: dict[str, Any] = {}
-        ctx: Any = contextlib.nullcontext()
-        model = self.model
-        if names[0] in self._merged:  # a merged DoRA adapter: the plain forward of its own copy
-            model = self._merged[names[0]]
-        elif len(distinct) > 1:
-            kwargs["adapter_names"] = [n if n is not None else BASE for n in names]
-        elif names[0] is not None:
-            model.set_adapter(names[0])
-        elif hasattr(model, "disable_adapter"):
-            ctx = model.disable_adapter()
-        self.batches_run += 1
-        self.stats.batch(len(batch), len(distinct))
-
-        prefix = self._shared_prefix(batch) if len(distinct) == 1 else None
-        p = len(prefix) if prefix else 0
-        # Layout: [shared prefix][left padding][rest of each prompt]. Without a prefix this is plain left padding;
-        # with one, the prefix's cached KV sits in the same columns for every row (positions follow the mask).
-        width = p + max(len(r.prompt_ids) - p for r in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, r in enumerate(batch):
-            if p:
-                input_ids[row, :p] = torch.tensor(prefix, dtype=torch.long)
-                attention[row, :p] = 1
-            rest = r.prompt_ids[p:]
-            input_ids[row, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
-            attention[row, width - len(rest):] = 1
-        engine = self
-
-        class Streamer(BaseStreamer):
-            def __init__(self) -> None:
-                self.prompt_seen = False
-
-            def put(self, value: Any) -> None:
-                if not self.prompt_seen:  # generate() first hands over the prompt itself
-                    self.prompt_seen = True
-                    return
-                for r, tok in zip(batch, value.view(-1).tolist(), strict=True):
-                    if not r.done:
-                        engine._advance(r, int(tok))
-
-            def end(self) -> None:
-                pass
-
-        class Grammar(LogitsProcessor):
-            def __call__(self, ids: Any, scores: Any) -> Any:
-                for row, r in enumerate(batch):
-                    if r.constraint is not None and not r.done:
-                        r.constraint.mask(scores[row], r.max_tokens - len(r.ids))
-                return scores
-
-        class Stop(StoppingCriteria):
-            def __call__(self, ids: Any, scores: Any, **kw: Any) -> Any:
-                flags = []
-                for r in batch:
-                    if not r.done and r.cancelled.is_set():
-                        r.done, r.finish_reason = True, "cancelled"
-                    flags.append(r.done)
-                return torch.tensor(flags, dtype=torch.bool, device=ids.device)
-
-        sample = batch[0].temperature > 0
-        gen_kwargs: dict[str, Any] = {"do_sample": sample}
-        if sample:
-            gen_kwargs.update(temperature=batch[0].temperature, top_p=batch[0].top_p, top_k=0)
-        else:
-            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-        if any(r.constraint is not None for r in batch):
-            gen_kwargs["logits_processor"] = LogitsProcessorList([Grammar()])
-        with torch.inference_mode(), ctx:
-            if p:
-                gen_kwargs["past_key_values"] = self._prefix_kv(model, names[0], prefix, len(batch))
-            model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention.to(self.device),
-                max_new_tokens=max(r.max_tokens for r in batch),
-                pad_token_id=self.pad_id,
-                eos_token_id=self.eos_ids,
-                streamer=Streamer(),
-                stopping_criteria=StoppingCriteriaList([Stop()]),
-                **gen_kwargs,
-                **kwargs,
-            )
-        for r in batch:
-            if not r.done:  # generate ended without our criteria firing (should not happen): treat as length
-                self._finish(r, "length")
-            elif r.finish_reason == "cancelled":
-                self.stats.finished(r, len(r.ids), time.perf_counter() - r.created)
+    def _advance_rows(self, reqs: list[GenRequest], toks: list[int]) -> list[int]:
+        """Hand each row its new token; the indices of the rows still decoding."""
+        keep = []
+        for i, (r, tok) in enumerate(zip(reqs, toks, strict=True)):
+            self._advance(r, int(tok))
+            if not r.done:
+                keep.append(i)
+        return keep
 
     def _advance(self, r: GenRequest, tok: int) -> None:
         """One new token for one request: emit the text that became final, or finish it."""
-        now = time.perf_counter()
-        if r.cancelled.is_set():
-            r.done, r.finish_reason = True, "cancelled"
+        if self._cancelled(r):
             return
+        now = time.perf_counter()
         if r.first_token_at is None:
             r.first_token_at = now
             self.stats.first_token(r, now - r.created)
         if tok in self.eos_ids:
-            self._flush(r, final=True)
             self._finish(r, "stop")
             return
         if r.constraint is not None and not r.constraint.accept(tok):
-            self._flush(r, final=True)
             self._finish(r, "stop")  # cannot happen with the mask applied; never emit an off-grammar token
             return
         r.ids.append(tok)
-        text = self.tokenizer.decode(r.ids, skip_special_tokens=True)
+        detok = r.__dict__.get("_detok")  # the request's incremental detokenizer, made on its first token
+        if detok is None:
+            detok = r.__dict__["_detok"] = Detok(self.tokenizer)
+        text = detok.text(r.ids)
         for s in r.stop:
             at = text.find(s, max(0, len(r.sent) - len(s)))
             if at != -1:
                 self._emit_upto(r, text[:at])
-                self._finish(r, "stop")
+                self._finish(r, "stop", flush=False)
                 return
         if len(r.ids) >= r.max_tokens:
-            self._emit_upto(r, text)
             done = r.constraint is not None and r.constraint.completed  # a finished JSON document is a stop
             self._finish(r, "stop" if done else "length")
             return
@@ -529,10 +561,6 @@ class Engine:
             return
         hold = _stop_prefix_len(text, r.stop)
         self._emit_upto(r, text[: len(text) - hold] if hold else text)
-
-    def _flush(self, r: GenRequest, final: bool) -> None:
-        if r.ids:
-            self._emit_upto(r, self.tokenizer.decode(r.ids, skip_special_tokens=True))
 
     def _emit_upto(self, r: GenRequest, text: str) -> None:
         if len(text) > len(r.sent) and text.startswith(r.sent):
@@ -545,7 +573,9 @@ class Engine:
             if text[common:]:
                 r.emit(Event("delta", text[common:]))
 
-    def _finish(self, r: GenRequest, reason: str) -> None:
+    def _finish(self, r: GenRequest, reason: str, flush: bool = True) -> None:
+        if flush and r.ids:  # the whole answer decoded once: the streamed text ends exactly as a full decode
+            self._emit_upto(r, self.tokenizer.decode(r.ids, skip_special_tokens=True))
         r.done, r.finish_reason = True, reason
         seconds = time.perf_counter() - r.created
         self.stats.finished(r, len(r.ids), seconds)
