@@ -15,7 +15,11 @@ Work: a prompt whose greedy answer runs past --tokens on every engine ("count fr
 --tokens, temperature 0; tokens are the `usage.completion_tokens` each server reports, so a stream that ends
 early counts what it produced. Results: bench/results/serve.{json,md}.
 
-    python bench/serve.py --repeats 3 [--llama-server /path/to/llama-server]
+    python bench/serve.py --repeats 3 [--llama-server /path/to/llama-server] [--before DIR]
+
+--before DIR also measures another version of llmtailor in the same run (configs `llamacpp@before`,
+`transformers@before`): DIR holds its `llmtailor` package (for instance `git archive REV llmtailor | tar -x -C DIR`),
+run with this environment's libraries, so a before/after comparison shares the machine's state.
 """
 
 from __future__ import annotations
@@ -110,12 +114,16 @@ async def concurrent(base_url: str, models: list[str], n: int, max_tokens: int) 
             "ttft_p50_s": statistics.median(ttfts), "ttft_p95_s": ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))]}
 
 
-def measure_server(base_url: str, model: str, adapters: list[str], max_tokens: int) -> dict:
+LEVELS = ("single", "c8", "c32", "adapters4_c8")
+
+
+def measure_server(base_url: str, model: str, adapters: list[str], max_tokens: int,
+                   levels: tuple[str, ...] = LEVELS) -> dict:
     out = {}
-    out["single"] = asyncio.run(concurrent(base_url, [model], 1, max_tokens))
-    out["c8"] = asyncio.run(concurrent(base_url, [model], 8, max_tokens))
-    out["c32"] = asyncio.run(concurrent(base_url, [model], 32, max_tokens))
-    if adapters:
+    for level, n in (("single", 1), ("c8", 8), ("c32", 32)):
+        if level in levels:
+            out[level] = asyncio.run(concurrent(base_url, [model], n, max_tokens))
+    if adapters and "adapters4_c8" in levels:
         out["adapters4_c8"] = asyncio.run(concurrent(base_url, adapters, 8, max_tokens))
     return out
 
@@ -155,11 +163,14 @@ def make_adapters(tmp: Path, n: int = 4) -> list[Path]:
     return out
 
 
-def start_tailor(config: Path, engine: str, port: int) -> subprocess.Popen:
+def start_tailor(config: Path, engine: str, port: int, code: Path | None = None) -> subprocess.Popen:
+    """`tailor serve` as a subprocess; `code`: a folder whose `llmtailor` package is run instead of this one."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if code is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(code), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return subprocess.Popen([sys.executable, "-m", "llmtailor.cli.main", "serve", "-c", str(config), "--engine",
                              engine, "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            stderr=subprocess.DEVNULL, start_new_session=True, cwd=code or None)
 
 
 def start_llama_server(binary: str, gguf: Path, port: int, threads: int) -> subprocess.Popen:
@@ -229,15 +240,23 @@ def main() -> None:
     ap.add_argument("--llama-server", default=shutil.which("llama-server"))
     ap.add_argument("--configs", default="anchor,llamacpp,transformers,raw")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--levels", default=",".join(LEVELS), help=f"what to measure, of {','.join(LEVELS)}")
+    ap.add_argument("--before", type=Path, help="folder holding an older llmtailor package to measure too")
     args = ap.parse_args()
     configs = args.configs.split(",")
+    if args.before is not None:
+        if not (args.before / "llmtailor" / "serve" / "app.py").is_file():
+            raise SystemExit(f"--before {args.before}: no llmtailor/serve/app.py in it")
+        for engine in ("llamacpp", "transformers"):
+            if engine in configs:
+                configs.insert(configs.index(engine), f"{engine}@before")
     from llmtailor.config import ModelConfig
     from llmtailor.export.gguf import base_gguf
 
     gguf = base_gguf(ModelConfig())
     threads = len(os.sched_getaffinity(0))
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    adapters = make_adapters(tmp)
+    adapters = make_adapters(tmp) if "adapters4_c8" in args.levels.split(",") else []
     project = write_project(tmp, adapters)
     aliases = [f"ad{i}" for i in range(len(adapters))]
     if "anchor" in configs and not (args.llama_server and Path(args.llama_server).exists()):
@@ -254,7 +273,8 @@ def main() -> None:
                 proc = start_llama_server(args.llama_server, gguf, port, threads)
                 model, ads = "smollm2", []
             else:
-                proc = start_tailor(project, c, port)
+                engine, _, before = c.partition("@")
+                proc = start_tailor(project, engine, port, args.before if before else None)
                 model, ads = "smollm2-135m-instruct", aliases
             try:
                 wait_ready(f"http://127.0.0.1:{port}", proc)
@@ -262,7 +282,8 @@ def main() -> None:
                 if ads:  # adapters load (and export to GGUF) on first use: not part of the timed requests
                     asyncio.run(concurrent(f"http://127.0.0.1:{port}/v1", ads, len(ads), 4))
                 loads.append(os.getloadavg()[0])
-                runs[c].append(measure_server(f"http://127.0.0.1:{port}/v1", model, ads, args.tokens))
+                runs[c].append(measure_server(f"http://127.0.0.1:{port}/v1", model, ads, args.tokens,
+                                              tuple(args.levels.split(","))))
                 r = peak_rss_mb(proc.pid)
                 if r is not None:
                     rss[c].append(r)
@@ -302,6 +323,10 @@ def report(args, runs: dict, rss: dict, raw: dict | None, loads: list[float], th
         return summary.get(c, {}).get(k, {}).get("tokens_per_s", {}).get("median")
 
     ratios = {}
+    for engine in ("llamacpp", "transformers"):
+        for key in ("single", "c8", "c32"):
+            if med(f"{engine}@before", key) and med(engine, key):
+                ratios[f"{engine}_vs_before_{key}"] = round(med(engine, key) / med(f"{engine}@before", key), 3)
     if med("anchor", "single") and med("llamacpp", "single"):
         ratios["llamacpp_vs_anchor_single"] = round(med("llamacpp", "single") / med("anchor", "single"), 3)
     if med("transformers", "single") and med("llamacpp", "single"):
@@ -312,7 +337,7 @@ def report(args, runs: dict, rss: dict, raw: dict | None, loads: list[float], th
         ratios["transformers_single_vs_raw_single"] = round(med("transformers", "single") / med("raw", "single"), 3)
     res = {"machine": {"platform": platform.platform(), "threads": threads, "load_avg_1m_max": round(load, 2),
                        "loaded": load > 1.5},
-           "work": {"max_tokens": args.tokens, "temperature": 0, "repeats": args.repeats,
+           "work": {"max_tokens": args.tokens, "temperature": 0, "repeats": args.repeats, "levels": args.levels,
                     "prompt": PROMPTS[0], "system": SYSTEM},
            "summary": summary, "ratios": ratios, "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -325,7 +350,9 @@ def report(args, runs: dict, rss: dict, raw: dict | None, loads: list[float], th
         return f"{fmt.format(v['median'])} ({fmt.format(v['min'])}–{fmt.format(v['max'])})"
 
     names = {"anchor": "llama.cpp `llama-server` (anchor)", "llamacpp": "`tailor serve --engine llamacpp`",
-             "transformers": "`tailor serve --engine transformers`", "raw": "raw `model.generate` (batch of 8)"}
+             "transformers": "`tailor serve --engine transformers`", "raw": "raw `model.generate` (batch of 8)",
+             "llamacpp@before": "`--engine llamacpp`, before (--before)",
+             "transformers@before": "`--engine transformers`, before (--before)"}
     lines = ["| | single stream tok/s | single TTFT s | 8 streams tok/s | 8: p50 / p95 TTFT s | 32 streams tok/s "
              "| 32: p50 / p95 TTFT s | 4 adapters, 8 streams tok/s | peak RSS MB |", "|" + "---|" * 9]
     for c in [*runs, *(["raw"] if raw else [])]:

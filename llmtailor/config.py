@@ -15,11 +15,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from llmtailor.data.config import DataConfig
+from llmtailor.data.synth import SynthConfig
 from llmtailor.errors import ConfigError, TailorError
 from llmtailor.eval.config import EvalConfig, ReportConfig
+from llmtailor.merge.config import MergeConfig
 from llmtailor.rag.config import RagConfig
 from llmtailor.serve.config import RegistryConfig, ServeConfig, served_base_name
 from llmtailor.train.config import TrainConfig
+from llmtailor.train.distill_config import DistillConfig
+from llmtailor.train.objective_config import PreferenceConfig, PretrainConfig
 
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
@@ -58,6 +62,11 @@ class TailorConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    synth: SynthConfig | None = Field(None, description="Synthetic rows by Evol-Instruct (`tailor data synth`).")
+    distill: DistillConfig | None = Field(None, description="Teacher -> student distillation (`tailor distill`).")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     rag: RagConfig | None = Field(None, description="Retrieval: index folder, chunking, embeddings, search, answers.")

@@ -57,6 +57,8 @@ def train_stage(
         run_dir = _resume_target(cfg, run)
         saved = run_dir / "config.yaml"
         run_cfg = parse_config(saved.read_text(encoding="utf-8"), saved)
+        if run_cfg.train.objective != "sft":
+            raise TailorError(f"{run_dir}: a {run_cfg.train.objective} run cannot be resumed; start it again")
         info = read_run(run_dir)
         result = train(run_cfg, Path(info["dataset_dir"]), info["dataset_hash"], run_dir=run_dir, resume=True,
                        show_progress=show_progress)
@@ -65,8 +67,12 @@ def train_stage(
     if max_steps is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_steps": max_steps})})
         cfg._path = _config(config).path
-    version = prepare_stage(cfg, show_progress=show_progress)
-    result = train(cfg, version.path, version.hash, show_progress=show_progress)
+    from llmtailor.train.objectives import needs_chat_data, trainer_for
+
+    # DPO/ORPO/pretrain runs keep the chat dataset version too: its held-out split is what `tailor eval` scores.
+    version = prepare_stage(cfg, show_progress=show_progress) if needs_chat_data(cfg) else None
+    result = trainer_for(cfg)(cfg, version.path if version else None, version.hash if version else None,
+                              show_progress=show_progress)
     record_training(cfg, result.run_dir)
     return result
 
@@ -134,7 +140,6 @@ def run_all(config: TailorConfig | str | Path, *, show_progress: bool = True, sa
     """prepare -> train -> eval -> report, timing each stage (recorded in run.json)."""
     from llmtailor.eval.evaluate import evaluate
     from llmtailor.registry.hooks import record_evaluation, record_training
-    from llmtailor.train.sft import train
 
     cfg = _config(config)
     say = say or (lambda msg: None)
@@ -148,7 +153,9 @@ def run_all(config: TailorConfig | str | Path, *, show_progress: bool = True, sa
 
     t0 = time.perf_counter()
     say(f"[bold]2/4 train[/]: {cfg.train.method} on dataset {version.hash}")
-    trained = train(cfg, version.path, version.hash, show_progress=show_progress)
+    from llmtailor.train.objectives import trainer_for
+
+    trained = trainer_for(cfg)(cfg, version.path, version.hash, show_progress=show_progress)
     record_training(cfg, trained.run_dir)
     _release()
     times["train"] = round(time.perf_counter() - t0, 1)

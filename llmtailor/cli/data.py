@@ -120,6 +120,10 @@ def _print_card(card: dict[str, Any]) -> None:
         leak = card["leakage"]
         colour = "red" if leak["count"] else "green"
         table.add_row("eval rows leaked from train", f"[{colour}]{leak['count']}[/] ({leak['exact']} exact)")
+    for origin, share in (card.get("mix") or {}).get("achieved", {}).items():
+        planned = card["mix"]["planned"][origin]
+        if share or planned:
+            table.add_row(f"mix {origin}", f"{share:.0%} achieved / {planned:.0%} planned")
     t = card["token_lengths"]
     table.add_row("tokens p50 / p95 / max", f"{t['p50']:g} / {t['p95']:g} / {t['max']}")
     console.print(table)

@@ -12,17 +12,22 @@ from llmtailor import __version__
 from llmtailor.cli import advise as advise_cmd
 from llmtailor.cli import chat as chat_cmd
 from llmtailor.cli import data as data_cmd
+from llmtailor.cli import distill as distill_cmd
 from llmtailor.cli import eval as eval_cmd
 from llmtailor.cli import eval_retrieval as eval_retrieval_cmd
 from llmtailor.cli import export as export_cmd
 from llmtailor.cli import keys as keys_cmd
+from llmtailor.cli import merge as merge_cmd
 from llmtailor.cli import monitor as monitor_cmd
+from llmtailor.cli import prefs as prefs_cmd
 from llmtailor.cli import project as project_cmd
 from llmtailor.cli import promote as promote_cmd
 from llmtailor.cli import rag as rag_cmd
 from llmtailor.cli import registry as registry_cmd
 from llmtailor.cli import serve as serve_cmd
+from llmtailor.cli import synth as synth_cmd
 from llmtailor.cli import train as train_cmd
+from llmtailor.cli import ui as ui_cmd
 
 app = typer.Typer(
     name="tailor",
@@ -32,6 +37,15 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data_cmd.app, name="data", help="Validate and prepare chat datasets (versions + data card).")
+data_cmd.app.command("preferences", help="Build preference pairs from a model's sampled answers, ranked by rule.")(
+    prefs_cmd.preferences
+)
+data_cmd.app.command("check-preferences", help="Check every row of a preference JSONL; exit 1 on any bad row.")(
+    prefs_cmd.check_preferences
+)
+data_cmd.app.command("synth", help="Evolve the training rows into synthetic ones (Evol-Instruct), resumable.")(
+    synth_cmd.synth
+)
 app.add_typer(project_cmd.config_app, name="config", help="Show the resolved config or its JSON Schema.")
 app.add_typer(eval_cmd.app, name="eval", help="Evaluate the adaptation ladder on the held-out split; --gate for CI.")
 app.command("advise", help="Recommend which adaptation to ship, from the latest ladder.")(advise_cmd.advise)
@@ -40,19 +54,28 @@ eval_cmd.app.command("retrieval", help="Hit rate, MRR, nDCG and latency of dense
 )
 app.add_typer(rag_cmd.app, name="rag", help="Ingest documents, search them with access control, answer with citations.")
 app.command("train", help="Fine-tune the base model (LoRA, DoRA, QLoRA or full).")(train_cmd.train)
+app.command("distill", help="Distil a teacher (local, a run's adapter, or an endpoint) into the base model.")(
+    distill_cmd.distill
+)
 app.command("run", help="Run the whole loop: prepare -> train -> eval -> report.")(project_cmd.run)
-app.command("init", help="Write a ready demo project (tailor.yaml + dataset) into DIR.")(project_cmd.init)
+app.command("init", help="Write a ready project into DIR: the demo, or --template classify|extract|chat-rag|distill.")(
+    project_cmd.init
+)
 app.command("report", help="Write the self-contained HTML report of a run.")(eval_cmd.report)
 app.command("chat", help="Chat with the base or a tuned model in the terminal.")(chat_cmd.chat)
 app.command("serve", help="OpenAI-compatible server: base, adapters, RAG aliases, keys, metrics.")(serve_cmd.serve)
 app.command("export", help="A run as a GGUF LoRA adapter or merged GGUF (llama.cpp, Ollama).")(export_cmd.export)
 app.add_typer(keys_cmd.app, name="keys", help="Create, list and revoke API keys (tenant, groups, models).")
 app.add_typer(registry_cmd.app, name="registry", help="Datasets, runs, adapters, evaluations, deployments, lineage.")
+app.command("merge", help="Merge adapters of one base (linear, TIES, DARE, cat), or an adapter into the base.")(
+    merge_cmd.merge
+)
 app.command("promote", help="Deploy an adapter to staging/production (or as a canary).")(promote_cmd.promote)
 app.command("rollback", help="Return a stage to its previous deployment.")(promote_cmd.rollback)
 app.command("monitor", help="Drift, feedback and guardrail rates of production; --export-dataset.")(
     monitor_cmd.monitor
 )
+app.command("ui", help="The workbench: a local web UI for runs, registry, data, playground and retrieval.")(ui_cmd.ui)
 
 
 def _version(value: bool) -> None:

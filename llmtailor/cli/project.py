@@ -19,6 +19,20 @@ config_app = typer.Typer(no_args_is_help=True)
 
 DEMO_FILES = {"tailor.yaml": "tailor.yaml", "tickets.jsonl": "data/tickets.jsonl",
               "ticket.schema.json": "ticket.schema.json"}
+_CHAT_RAG_DOCS = ("account", "billing", "returns", "security", "shipping")
+# template -> {packaged file under assets/: path in the project}
+TEMPLATES: dict[str, dict[str, str]] = {
+    "demo": {f"demo/{src}": dst for src, dst in DEMO_FILES.items()},
+    "classify": {"templates/classify/tailor.yaml": "tailor.yaml",
+                 "templates/classify/tickets.jsonl": "data/tickets.jsonl"},
+    "extract": {"templates/extract/tailor.yaml": "tailor.yaml", "templates/extract/tickets.jsonl": "data/tickets.jsonl",
+                "templates/extract/extract.schema.json": "extract.schema.json"},
+    "chat-rag": {"templates/chat-rag/tailor.yaml": "tailor.yaml",
+                 "templates/chat-rag/support_chat.jsonl": "data/support_chat.jsonl",
+                 **{f"templates/chat-rag/docs/{d}.md": f"docs/{d}.md" for d in _CHAT_RAG_DOCS}},
+    "distill": {"templates/distill/tailor.yaml": "tailor.yaml", "demo/tickets.jsonl": "data/tickets.jsonl",
+                "demo/ticket.schema.json": "ticket.schema.json"},
+}
 
 
 def init(
@@ -26,12 +40,18 @@ def init(
     force: bool = typer.Option(False, "--force", help="Overwrite the project files (tailor.yaml, data/tickets.jsonl, "
                                "ticket.schema.json) if they already exist there."),
     json_out: bool = JSON,
+    template: str = typer.Option("demo", "--template", "-t", help="demo (ticket triage to JSON), classify, extract, "
+                                 "chat-rag or distill; each runs on a 2-core CPU."),
 ) -> None:
-    """Write the demo project: support-ticket triage to JSON, with bad rows, duplicates and PII to clean.
+    """Write a project from a template; the default demo is support-ticket triage to JSON, with bad rows,
+    duplicates and PII to clean (classify, extract, chat-rag and distill: see docs/adapt.md).
 
     Refuses, writing nothing, when any of its files already exists (your data, your config) unless --force.
     """
-    targets = {src: directory / dst for src, dst in DEMO_FILES.items()}
+    if template not in TEMPLATES:
+        raise typer.BadParameter(f"unknown template {template!r}; choose from {', '.join(TEMPLATES)}",
+                                 param_hint="--template")
+    targets = {src: directory / dst for src, dst in TEMPLATES[template].items()}
     folders = [p for p in targets.values() if p.is_dir()]
     if folders:
         raise TailorError(f"{', '.join(map(str, folders))}: is a folder where `tailor init` writes a file; "
@@ -43,11 +63,11 @@ def init(
                           "overwrite)")
     _write_demo(targets, replace=force)
     written = [str(p) for p in targets.values()]
-    target = targets["tailor.yaml"]
+    target = directory / "tailor.yaml"
     if json_out:
         emit_json({"project": str(directory), "files": written})
     else:
-        console.print(f"[green]created[/] {directory}: " + ", ".join(DEMO_FILES.values()))
+        console.print(f"[green]created[/] {directory}: " + ", ".join(TEMPLATES[template].values()))
         console.print(f"next: [bold]tailor run -c {target}[/]")
 
 
@@ -57,7 +77,7 @@ def _write_demo(targets: dict[str, Path], *, replace: bool) -> None:
     Without `replace`, each file is linked into place (which fails if the name exists), so a file that appeared
     since the check above is not clobbered either; the files this call already placed are then removed again.
     """
-    demo = resources.files("llmtailor") / "assets" / "demo"
+    demo = resources.files("llmtailor") / "assets"
     staged: list[tuple[Path, Path]] = []
     placed: list[Path] = []
     try:

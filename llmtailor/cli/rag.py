@@ -121,12 +121,25 @@ def ingest(
     finally:
         if bar is not None:
             bar.stop()
+    _record_index(config, folder)
     if json_out:
         emit_json(report.as_dict())
     else:
         _print_ingest(report)
     if report.skipped and not skip_errors:
         raise typer.Exit(1)
+
+
+def _record_index(config: Path | None, folder: Path) -> None:
+    """With a project config (tailor.yaml), register the index version just built, like prepare and train register
+    theirs; without one there is no project registry to write to. A registry outage only warns."""
+    path = config if config is not None else (Path("tailor.yaml") if Path("tailor.yaml").exists() else None)
+    if path is None:
+        return
+    from llmtailor.config import load_config
+    from llmtailor.registry.hooks import record_index
+
+    record_index(load_config(path), folder)
 
 
 def _print_ingest(report: Any) -> None:
@@ -286,3 +299,25 @@ def status(
     emb = info["embedding"]
     console.print(f"  embedding {emb['model']} ({emb['fingerprint']}, {emb['dim']} dims); backend "
                   f"{info['store']['backend']}; chunking {info['chunking']}")
+
+
+@app.command()
+def delete(
+    targets: Annotated[list[str], typer.Argument(help="Files or folders as ingested, or a stored source "
+                                                      "(record:<id>).")],
+    index: Annotated[Path | None, INDEX] = None,
+    config: Annotated[Path | None, CONFIG] = None,
+    json_out: bool = options.JSON,
+) -> None:
+    """Remove documents from the index (the files stay on disk); a running server stops citing them at once."""
+    from llmtailor.rag.index import delete_sources
+
+    rag, base_dir = load_rag_config(config)
+    folder = resolve_index(index, rag, base_dir)
+    out = delete_sources(folder, targets, rag, base_dir=base_dir)
+    _record_index(config, folder)  # a new index version, registered like an ingest's
+    if json_out:
+        emit_json(out)
+        return
+    console.print(f"[green]deleted[/] {len(out['deleted'])} document(s), {out['chunks_deleted']} chunks; "
+                  f"{folder} is now version {out['version']} ({out['chunks_total']} chunks)")

@@ -36,7 +36,11 @@ def ls(kind: str = typer.Option(None, "--kind", help="dataset, run, adapter, ind
     table = Table("kind", "id", "created", "detail")
     for r in rows:
         detail = r.get("path") or ""
-        if r["kind"] == "evaluation":
+        if r["kind"] == "index":
+            info = r.get("info") or {}
+            detail = (f"{info.get('name')} {str(r.get('fingerprint'))[:12]}: {info.get('documents')} documents, "
+                      f"{info.get('chunks')} chunks, {(info.get('embedding') or {}).get('model')}, {r['path']}")
+        elif r["kind"] == "evaluation":
             detail = f"adapter {r['adapter_id']}, gates {r['passed']}"
         elif r["kind"] == "deployment":
             detail = f"{r['action']} {r['stage']}: {r['adapter_id']}" + (
@@ -55,9 +59,9 @@ def show(ident: str = typer.Argument(..., help="Any registry id."), config: Path
 
 
 @app.command("lineage")
-def lineage(ident: str = typer.Argument(..., help="A dataset, run, adapter, evaluation or deployment id."),
+def lineage(ident: str = typer.Argument(..., help="A dataset, run, adapter, index, evaluation or deployment id."),
             config: Path = CONFIG, json_out: bool = JSON) -> None:
-    """dataset -> run -> adapter -> evaluation -> deployment."""
+    """dataset -> run -> adapter -> evaluation -> deployment; for an index, its versions."""
     _, reg = _open(config)
     with reg:
         chain = reg.lineage(ident)

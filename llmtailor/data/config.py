@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llmtailor.data.mix import MixConfig
+
 DEFAULT_PII_ENTITIES = [
     "EMAIL_ADDRESS",
     "PHONE_NUMBER",
@@ -32,6 +34,9 @@ class SourceConfig(BaseModel):
         description="Row format: chat ({messages: [...]}), alpaca ({instruction, input, output}) or auto per row.",
     )
     name: str | None = Field(None, description="Label for the data card's source mix; default: the file's stem.")
+    origin: Literal["human", "synthetic", "adversarial", "refusal"] | None = Field(
+        None, description="Origin of this file's rows for data.mix (a row's own `origin` key wins); default human."
+    )
 
     @property
     def label(self) -> str:
@@ -110,6 +115,10 @@ class DataConfig(BaseModel):
         description="Golden test set, never trained on: JSONL files (same items as sources) that become the eval "
         "split as they are: validated (a bad row is an error), Alpaca rows converted, PII redacted, but never "
         "deduplicated, length-dropped or split. When set, every curated row of `sources` goes to train.",
+    )
+    mix: MixConfig | None = Field(
+        None, description="Mix the training split by row origin to set ratios (e.g. 70/20/10 human/synthetic/"
+        "adversarial); the card records planned vs achieved. Unset: every curated row is used."
     )
     leakage: Literal["report", "drop_from_train"] = Field(
         "report",

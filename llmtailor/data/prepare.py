@@ -16,6 +16,7 @@ from llmtailor.data.config import DataConfig
 from llmtailor.data.dedup import exact_dedup, near_dedup
 from llmtailor.data.leakage import check_leakage
 from llmtailor.data.length import truncate_to_fit
+from llmtailor.data.mix import counts, human_first, mix_rows, origin_of, tag_origin
 from llmtailor.data.rows import Row
 from llmtailor.data.split import split_rows
 from llmtailor.data.validate import RawRow, RowProblem, check_row, length_problem, read_raw, token_length
@@ -160,10 +161,16 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, show_progress: bool = True) -> D
                     stats.invalid[problems[0].kind] += 1
                     stats.errors += problems
                     continue
+                bad_origin = tag_origin(row, src.origin)
+                if bad_origin is not None:
+                    stats.invalid[bad_origin.kind] += 1
+                    stats.errors.append(bad_origin)
+                    continue
                 fitted = _fit(row, tokenizer, cfg, stats)
                 if fitted is not None:
                     rows.append(fitted)
 
+        rows = human_first(rows)  # dedup keeps first copies: a generated row never evicts a human one
         if cfg.dedup.enabled:
             rows, stats.exact_dup = exact_dedup(rows)
             task = progress.add_task("near-dedup", total=len(rows))
@@ -198,7 +205,11 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, show_progress: bool = True) -> D
         if test_sources:
             train, evals = rows, tests
         else:
-            train, evals = split_rows(rows, cfg.split.eval_fraction, cfg.split.seed)
+            # Only human rows are held out: a synthetic or adversarial row says nothing about real traffic.
+            humans = [r for r in rows if origin_of(r) == "human"]
+            others = [r for r in rows if origin_of(r) != "human"] if humans else []
+            train, evals = split_rows(humans or rows, cfg.split.eval_fraction, cfg.split.seed)
+            train += others
         task = progress.add_task("leakage", total=1)
         kept, leakage = check_leakage(train, evals, cfg)
         progress.advance(task)
@@ -211,7 +222,13 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, show_progress: bool = True) -> D
                 f"no training rows left: all {stats.leakage_dropped} duplicate an eval row "
                 "(data.leakage: drop_from_train); is a test source also listed in data.sources?"
             )
+        mix_report = None
+        if cfg.mix is not None:
+            train, mix_report = mix_rows(train, cfg.mix)
         card = _card(hash_, cfg, sources, read, rows, train, evals, stats, tok_id)
+        card["origins"] = {"curated": counts(rows), "train": counts(train)}
+        if mix_report is not None:
+            card["mix"] = mix_report
         card["eval_split"] = _eval_split(cfg, test_sources, test_read, tests, stats)
         card["leakage"] = leakage
         task = progress.add_task("write", total=1)

@@ -2,13 +2,16 @@
 
 The hash covers the input rows, the data config and the tokenizer, so the same inputs always
 name the same folder (reused, never rewritten) and any change makes a new one beside the old.
-Folders are written under a hidden temporary name and renamed into place in one step.
+Folders are written under a hidden temporary name and renamed into place in one step; the temporary name carries
+the writer's process id, so the leftovers of a killed writer are recognised and removed by the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtailor.data.config import DataConfig
+from llmtailor.data.mix import mix_markdown
 from llmtailor.errors import RowError, TailorError
 from llmtailor.io import publish_dir, stable_hash, write_json, write_jsonl, write_text
 
@@ -58,8 +62,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 def hashed_config(cfg: DataConfig) -> dict[str, Any]:
     """The config as it affects the output: no output_dir, and sources by name and format (not their location)."""
-    data = cfg.model_dump(mode="json", exclude={"output_dir"})
-    data["sources"] = [{"name": s.label, "format": s.format} for s in cfg.sources]
+    data = cfg.model_dump(mode="json", exclude={"output_dir"} | ({"mix"} if cfg.mix is None else set()))
+    data["sources"] = [{"name": s.label, "format": s.format, **({"origin": s.origin} if s.origin else {})}
+                       for s in cfg.sources]
     data["test_sources"] = [{"name": s.label, "format": s.format} for s in cfg.test_sources]
     return data
 
@@ -98,8 +103,9 @@ def write_version(
     folder is removed on exceptions and, being hidden and prefixed, is never mistaken for one.
     """
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(output_dir)
     final = output_dir / hash_
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{hash_}-", dir=output_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{hash_}-{os.getpid()}-", dir=output_dir))
     try:
         write_jsonl(tmp / "train.jsonl", train)
         write_jsonl(tmp / "eval.jsonl", evals)
@@ -111,6 +117,30 @@ def write_version(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_dead_temporaries(output_dir: Path) -> list[Path]:
+    """Delete `.tmp-<hash>-<pid>-*` folders whose writer process is gone (killed mid-write); a live writer's folder,
+    or one named without a pid, is left alone. Returns what was removed."""
+    removed = []
+    for d in output_dir.glob(".tmp-*-*-*"):
+        parts = d.name.split("-")
+        if len(parts) < 4 or not parts[2].isdigit() or int(parts[2]) == os.getpid() or _alive(int(parts[2])):
+            continue
+        with contextlib.suppress(OSError):
+            shutil.rmtree(d)
+            removed.append(d)
+    return removed
 
 
 def percentile(sorted_values: list[int], q: float) -> float:
@@ -193,7 +223,7 @@ def card_markdown(card: dict[str, Any]) -> str:
         lo, hi = hist["edges"][i], hist["edges"][i + 1]
         lines.append(f"{lo:>6}-{hi:<6} {n:>6} {'#' * round(40 * n / peak)}")
     lines += ["```", ""]
-    lines += _eval_split_markdown(split) + _leakage_markdown(card.get("leakage"))
+    lines += _eval_split_markdown(split) + _leakage_markdown(card.get("leakage")) + mix_markdown(card.get("mix"))
     lines += ["## Config", "", "```json", json.dumps(card["config"], indent=2), "```"]
     if card["errors"]:
         lines += ["", f"## Validation errors (first {len(card['errors'])} of {card['errors_total']})", ""]

@@ -178,6 +178,33 @@ class Index:
         self.store.close()
 
 
+def delete_sources(index_dir: str | Path, targets: list[str], cfg: RagConfig | None = None, *,
+                   base_dir: Path | None = None) -> dict[str, Any]:
+    """Remove documents from an index without re-reading any file: `targets` are files or folders (every source
+    under them) as ingested, or sources exactly as stored (`record:<id>`). One commit; a running server searches
+    the new version on its next query. Nothing matching is an error, so a typo never passes as a deletion."""
+    index_dir = Path(index_dir)
+    with write_lock(index_dir):
+        index = Index.open(index_dir, cfg, base_dir=base_dir)
+        try:
+            states = index.store.source_states()
+            wanted: list[str] = []
+            for raw in targets:
+                full = os.path.abspath(Path(raw).expanduser())
+                hits = [s for s in states if s in (raw, full) or s.startswith(full.rstrip(os.sep) + os.sep)]
+                if not hits:
+                    raise TailorError(f"{raw}: no indexed document is this file, lies under this folder or has this "
+                                      f"source; `tailor rag status --index {index_dir}` shows the index")
+                wanted.extend(h for h in hits if h not in wanted)
+            chunks = index.store.delete_sources(wanted)
+            after = index.store.source_states()
+            info = index.record_build(after, {"deleted": len(wanted), "chunks_deleted": chunks})
+            return {"index_dir": str(index_dir), "deleted": wanted, "chunks_deleted": chunks,
+                    "version": info["version"], "chunks_total": info["chunks"]}
+        finally:
+            index.close()
+
+
 def _wipe(index_dir: Path) -> None:
     """Remove an index folder's contents, refusing folders that do not look like an index."""
     known = {INFO_FILE, "lancedb", "qdrant", ".lock"}

@@ -115,6 +115,8 @@ class Export(Base):
 
 
 class IndexVersion(Base):
+    """One content version of a RAG index folder (recorded by `tailor rag ingest` run with a project config)."""
+
     __tablename__ = "indexes"
     id: Mapped[str] = mapped_column(String(80), primary_key=True)
     path: Mapped[str] = mapped_column(Text)
@@ -365,8 +367,10 @@ class Registry:
     def record_run(self, run_dir: Path, info: dict[str, Any]) -> str:
         rid = str(info.get("run_id") or run_dir.name)
         cfg_file = run_dir / "config.yaml"
+        # objective and parents: lineage of preference-tuned, pretrained and merged runs (their parent runs).
         metrics = {k: info[k] for k in ("final_loss", "first_loss", "train_loss", "steps", "train_runtime_s",
-                                        "train_tokens_per_s", "train_rows") if k in info}
+                                        "train_tokens_per_s", "train_rows", "objective", "parents",
+                                        "preference_data", "preference_hash", "merge") if k in info}
         with self.session(write=True) as s:
             ds = info.get("dataset_hash")
             ds_id = f"ds-{ds}" if ds else None
@@ -411,6 +415,8 @@ class Registry:
             return f"ev-{row.id}"
 
     def record_index(self, path: Path, fingerprint: str | None, info: dict[str, Any]) -> str:
+        """One version of a RAG index (its folder and content version); re-recording the same version keeps its
+        first `created`, so the history of an index folder stays in build order."""
         iid = "ix-" + hashlib.sha256(f"{Path(path).resolve()}|{fingerprint}".encode()).hexdigest()[:12]
         with self.session(write=True) as s:
             _lock(s, iid)
@@ -484,7 +490,8 @@ class Registry:
             return d
 
     def lineage(self, ident: str) -> list[dict[str, Any]]:
-        """dataset -> run -> adapter -> evaluations -> deployments around any of those ids."""
+        """dataset -> run -> adapter -> evaluations -> deployments around any of those ids; for an index, every
+        version built into its folder."""
         with self.session() as s:
             kind, row = _find(s, ident)
             run: Run | None = None
@@ -504,6 +511,10 @@ class Registry:
                 aid = {"canary": row.canary_adapter_id, "shadow": row.shadow_adapter_id}.get(row.action, row.adapter_id)
                 adapter = s.get(Adapter, aid) if aid else None
                 run = s.get(Run, adapter.run_id) if adapter and adapter.run_id else None
+            if kind == "index":  # every version built into the same folder, oldest first
+                versions = s.scalars(select(IndexVersion).where(IndexVersion.path == row.path)
+                                     .order_by(IndexVersion.created, IndexVersion.id))
+                return [_lineage_item("index", v) for v in versions]
             if run is None:
                 return [_lineage_item(kind, row)]
             return [_lineage_item(k, r) for k, r in _chain_from_run(s, run)]
@@ -895,6 +906,11 @@ def _lineage_item(kind: str, row: Any) -> dict[str, Any]:
         summary = d["path"]
     elif kind == "export":
         summary = f"{d['format']} {d['quant'] or ''} {d['path']}".replace("  ", " ")
+    elif kind == "index":
+        info = d.get("info") or {}
+        summary = (f"{info.get('name', d['path'])} version {str(d.get('fingerprint'))[:12]}: "
+                   f"{info.get('documents', '?')} documents, {info.get('chunks', '?')} chunks, "
+                   f"embedder {(info.get('embedding') or {}).get('model', '?')}, {d['path']}")
     elif kind == "evaluation":
         summary = f"gates {'passed' if d['passed'] else 'FAILED' if d['passed'] is False else 'none'}"
     elif kind == "deployment":

@@ -7,6 +7,7 @@ finished: each hook prints one warning on stderr, naming the fix, and returns No
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,4 +93,27 @@ def record_evaluation(cfg: Any, run_dir: Path) -> str | None:
             reg.close()
     except Exception as e:
         _warn(f"evaluation of {run_dir.name}", e)
+        return None
+
+
+def record_index(cfg: Any, index_dir: Path) -> str | None:
+    """After `rag ingest`: the index version it left (name, folder, version, document and chunk counts, embedder),
+    read from the index's own index.json so the registry records what is on disk."""
+    try:
+        from llmtailor.rag.index import Index
+
+        info = Index.read_info(index_dir)
+        if not info or not info.get("version"):
+            return None
+        reg = _open(cfg)
+        if reg is None:
+            return None
+        keep = ("version", "content_hash", "chunks", "embedding", "store", "chunking", "built_at", "store_version")
+        row = {"name": Path(index_dir).name, "documents": info.get("sources"), **{k: info.get(k) for k in keep}}
+        try:
+            return reg.record_index(Path(os.path.abspath(index_dir)), info["version"], row)
+        finally:
+            reg.close()
+    except Exception as e:
+        _warn(f"index {index_dir}", e)
         return None

@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PureWindowsPath
 from typing import Any, Literal
@@ -30,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from llmtailor.chat import prompt_ids, render_prompt
 from llmtailor.errors import TailorError, UnsupportedAdapter
 from llmtailor.serve.config import AliasConfig, GuardrailConfig, served_base_name
-from llmtailor.serve.engine import ContextLengthError, Engine, GenRequest
+from llmtailor.serve.engine import ContextLengthError, Engine, Event, EventStream, GenRequest, QueueFull
 from llmtailor.serve.guardrails import check_input, check_output, check_passages, load_schema, output_checks_enabled
 from llmtailor.serve.metrics import Metrics
 from llmtailor.serve.routing import RouteInput, Router
@@ -48,16 +49,18 @@ class APIError(Exception):
     """
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, detail: str | None = None):
+                 code: str | None = None, detail: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.detail = detail
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self, request_id: str | None = None) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        headers.update(self.headers)
         if request_id:
             headers["x-request-id"] = request_id
         return JSONResponse(self.body(), status_code=self.status, headers=headers or None)
@@ -73,7 +76,13 @@ def _logged(exc: APIError, request_id: str, where: str) -> APIError:
     """The answer for a fault whose detail is logged now under `request_id` (the client quotes it to the operator)."""
     log.error("%s failed (request id %s): %s", where, request_id, exc.detail)
     return APIError(exc.status, f"{exc.message.rstrip('.')} (request id {request_id}; details in the server log).",
-                    type=exc.type, param=exc.param, code=exc.code)
+                    type=exc.type, param=exc.param, code=exc.code, headers=exc.headers)
+
+
+def _busy(e: QueueFull) -> APIError:
+    """The engine's queue is full: 503 with Retry-After, which the OpenAI SDK honours when it retries."""
+    return APIError(503, f"The server is overloaded: {e} Retry shortly.", type="server_error",
+                    code="server_overloaded", headers={"Retry-After": "1"})
 
 
 # ---- request bodies ------------------------------------------------------------------------------
@@ -155,9 +164,37 @@ async def _body(request: Request, limit: int) -> Any:
         chunks.append(chunk)
     raw = b"".join(chunks)
     try:
-        return json.loads(raw)
+        obj = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"We could not parse the JSON body of your request ({e}).", code="invalid_json") from None
+    except RecursionError:  # the decoder recurses per nesting level; a deep `[[[[...` exhausts the stack
+        raise APIError(400, "We could not parse the JSON body of your request (nested too deeply).",
+                       code="invalid_json") from None
+    _check_strings(obj)
+    return obj
+
+
+def _check_strings(obj: Any) -> None:
+    """Refuse strings with an unpaired UTF-16 surrogate (`"\\ud800"` is valid JSON but not Unicode text).
+
+    They could not be tokenized, stored or even echoed back in an error (UTF-8 cannot encode them), so they are
+    refused here once rather than failing as 500s wherever they travel. Walked without recursion (deep bodies).
+    """
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise APIError(400, "We could not parse the JSON body of your request (a string holds an unpaired "
+                                    "UTF-16 surrogate escape such as \\ud800, which is not valid Unicode text).",
+                               code="invalid_json") from None
 
 
 def _text(content: str | list[dict[str, Any]] | None) -> str:
@@ -284,6 +321,9 @@ class Server:
         self._folders: dict[str, Path] = {}  # engine adapter name -> folder, for every adapter registered here
         self._alias_found: dict[str, tuple[str, Path]] = {}  # alias adapter spec -> (engine name, folder)
         self._token_chars: int | None = None  # longest vocabulary entry, in characters (0 = unknown)
+        # RAG answers block a thread for a whole generation: on the loop's small default pool (cores + 4) a few of
+        # them would hold up every other request's blocking steps (model resolution, guardrails) behind them.
+        self.rag_pool = ThreadPoolExecutor(self.serve.max_queue, thread_name_prefix="llmtailor-rag")
 
     # ---- auth ------------------------------------------------------------------------------------
     def authenticate(self, request: Request) -> Caller:
@@ -597,7 +637,7 @@ class Server:
 
             def _generate(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
                 ids = prompt_ids(engine.tokenizer, messages)
-                req = GenRequest(ids, max_new_tokens, adapter=adapter, label=label,
+                req = GenRequest(ids, max_new_tokens, adapter=adapter, label=label, owner=_owner(caller, ""),
                                  prefix_len=chat_prefix_len(engine.tokenizer, messages, ids))
                 text, _ = engine.complete(req)
                 return text.strip()
@@ -627,6 +667,7 @@ class Server:
         return self.cfg.rag.embedding.model if self.cfg.rag is not None else PACKAGED_EMBEDDER
 
     def close(self) -> None:
+        self.rag_pool.shutdown(wait=False, cancel_futures=True)
         if self.logger is not None:
             self.logger.close()
         for r in self._retrievers.values():
@@ -635,6 +676,9 @@ class Server:
 
 
 _SENTINEL = "\x00llmtailor-prefix\x00"
+# Temperatures below this decode greedily: at 1e-4 a logit gap of 0.01 is already a factor e^100, so sampling is
+# argmax anyway, and far smaller ones (5e-324 is valid JSON) overflow the scaled logits to inf.
+GREEDY_BELOW = 1e-4
 
 
 def chat_prefix_len(tokenizer: Any, messages: list[dict[str, str]], ids: list[int]) -> int:
@@ -836,11 +880,24 @@ def _request_row(registry: Any, request_id: str) -> dict[str, Any] | None:
 
 
 async def _poll_deployments(server: Server) -> None:
-    """Follow promote / canary / rollback without a restart: re-read the deployment table periodically."""
-    while True:
-        with contextlib.suppress(Exception):  # a registry hiccup keeps the last known deployments
-            await asyncio.to_thread(server.refresh_deployments)
-        await asyncio.sleep(server.serve.deployment_poll_s)
+    """Follow promote / canary / rollback without a restart: re-read the deployment table periodically.
+
+    On a thread of its own: the loop's default pool runs requests' blocking work (RAG answers, guardrails), and
+    a poll queued behind a burst of them would let a rollback wait far longer than `serve.deployment_poll_s`.
+    The period counts from each read's start, so a slow registry does not stretch it either.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="llmtailor-deployments")
+    try:
+        while True:
+            started = time.monotonic()
+            with contextlib.suppress(Exception):  # a registry hiccup keeps the last known deployments
+                await loop.run_in_executor(pool, server.refresh_deployments)
+            await asyncio.sleep(max(0.0, server.serve.deployment_poll_s - (time.monotonic() - started)))
+    finally:
+        pool.shutdown(wait=False)
 
 
 # ---- generation routes ---------------------------------------------------------------------------
@@ -883,7 +940,8 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
     where = "messages" if chat else "prompt"
     # A prompt that cannot fit is refused before routing, guardrails or retrieval read it (cheap character bound).
     server.check_chars([m["content"] for m in messages] if chat else texts, max_tokens, where)
-    sticky = str(caller.key_id) if caller.key_id is not None else (body.user or request.client.host or "")
+    host = request.client.host if request.client else ""  # None on a unix socket
+    sticky = str(caller.key_id) if caller.key_id is not None else (body.user or host or "")
     target = await asyncio.to_thread(server.resolve_request, body.model, caller, sticky,
                                      lambda: _route_input(server, body, chat, fmt is not None))
     request.state.model = body.model
@@ -892,6 +950,8 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
     system_prompt = alias.system_prompt if alias is not None else None
     rag = alias is not None and alias.index is not None
     temperature = body.temperature if body.temperature is not None else serve.default_temperature
+    if temperature < GREEDY_BELOW:  # logits / 1e-320 overflow to inf and the sampler fails on NaN
+        temperature = 0.0
     top_p = body.top_p if body.top_p is not None else 1.0
     rid = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
     request.state.request_id = rid
@@ -939,10 +999,16 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
 
     if rag:
         question = [m for m in messages if m["role"] == "user"][-1]["content"]
+        if not question.strip():  # retrieval has nothing to search for
+            raise APIError(400, f"'{body.model}' answers the last user message from documents, and it is empty.",
+                           param="messages")
         try:
-            answer = await asyncio.to_thread(server.rag_answer, target, question, caller, max_tokens)
+            answer = await asyncio.get_running_loop().run_in_executor(server.rag_pool, server.rag_answer, target,
+                                                                      question, caller, max_tokens)
         except ContextLengthError as e:
             raise APIError(400, str(e), param="messages", code="context_length_exceeded") from None
+        except QueueFull as e:
+            raise _busy(e) from None
         except TailorError as e:
             raise _fault(500, "Retrieval failed.", e) from e
         dropped = getattr(answer, "dropped_passages", 0)
@@ -971,25 +1037,22 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
         except TailorError as e:
             raise APIError(501, str(e), type="server_error", param="response_format") from None
     req = GenRequest(ids, max_tokens, adapter=target.adapter, temperature=temperature, top_p=top_p, stop=stops,
-                     label=body.model, constraint=constraint,
+                     label=body.model, constraint=constraint, owner=_owner(caller, sticky),
                      prefix_len=chat_prefix_len(server.tokenizer, messages, ids) if chat else 0)
     output_checks = _any_output(guard)
     shadow = _shadow_job(server, rid, caller, target, texts, guard, max_tokens, template=req, fmt=fmt)
+    try:
+        events = server.engine.stream(req)  # submitted before any answer starts: a full queue is a clean 503
+    except QueueFull as e:
+        raise _busy(e) from None
     if body.stream and not output_checks:
-        return StreamingResponse(_then(_stream(server, body, rid, chat, caller, target, req, hits, t0, texts), shadow),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(_then(_stream(server, body, rid, chat, caller, target, req, events, hits, t0, texts),
+                                       shadow), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     # Whole answer (also for streams whose output must be checked before anyone sees it).
-    parts = []
-    final = None
-    async for ev in server.engine.stream(req):
-        if ev.kind == "delta":
-            parts.append(ev.text)
-        elif ev.kind == "error":
-            raise _fault(500, "Generation failed.", ev.error or "unknown engine error")
-        else:
-            final = ev
-    assert final is not None
-    text = "".join(parts)
+    text, final = await _collect(request, req, events)
+    if final.finish_reason == "cancelled":  # the client left: nobody reads an answer, decoding stopped
+        _log(server, rid, caller, target, 499, t0, final.prompt_tokens, final.completion_tokens, hits, texts, text)
+        raise APIError(499, "Client closed the request.", code="client_closed_request")
     if fmt is not None and validate(text, fmt) is not None and final.finish_reason == "stop":
         # Cannot happen with the grammar applied (kept as a loud check rather than a silent bad answer).
         raise _fault(500, "Structured output failed.", str(validate(text, fmt)))
@@ -999,6 +1062,48 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
     shadow()
     return await _finish_whole(server, request, body, rid, chat, caller, target, text, final.finish_reason or "stop",
                                (final.prompt_tokens, final.completion_tokens), hits, t0, texts, {})
+
+
+def _owner(caller: Caller, fallback: str) -> str:
+    """Whose share of the engine a request uses (fair queueing): its API key, else the client's user/address."""
+    return f"key-{caller.key_id}" if caller.key_id is not None else f"anon-{fallback}"
+
+
+async def _batches(events: Any) -> AsyncIterator[list[Event]]:
+    """An engine's events in batches: EventStream hands them over batched; any other async iterator one by one."""
+    if isinstance(events, EventStream):
+        async for batch in events.batches():
+            yield batch
+    else:
+        async for ev in events:
+            yield [ev]
+
+
+async def _collect(request: Request, req: GenRequest, events: Any) -> tuple[str, Event]:
+    """The whole answer and its final event. A client that disconnects meanwhile aborts the request, so the
+    engine stops decoding an answer nobody will read (finish_reason "cancelled")."""
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        if isinstance(events, EventStream):
+            events.abort()
+        else:
+            req.cancel()
+
+    watcher = asyncio.create_task(watch())
+    parts: list[str] = []
+    try:
+        async for batch in _batches(events):
+            for ev in batch:
+                if ev.kind == "delta":
+                    parts.append(ev.text)
+                elif ev.kind == "error":
+                    raise _fault(500, "Generation failed.", ev.error or "unknown engine error")
+                else:
+                    return "".join(parts), ev
+    finally:
+        watcher.cancel()
+    raise _fault(500, "Generation failed.", "the engine ended the request without a final event")
 
 
 def _with_system(prompt: str | None, messages: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -1163,29 +1268,47 @@ def _sse(obj: dict[str, Any]) -> str:
     return "data: " + json.dumps(obj, ensure_ascii=False) + "\n\n"
 
 
+class _Frames:
+    """SSE frames of one streamed answer. Everything but the text is the same in every content chunk, so it is
+    serialised once and a chunk costs one `json.dumps` of its text; frames are bytes, which Starlette sends as is."""
+
+    _MARK = json.dumps("\x00")  # a control character: always escaped, so it cannot occur in the template otherwise
+
+    def __init__(self, rid: str, created: int, model: str, chat: bool):
+        tmpl = (_chunk(rid, created, model, {"content": "\x00"}, None) if chat
+                else _text_chunk(rid, created, model, "\x00", None))
+        self.head, self.tail = _sse(tmpl).split(self._MARK)
+
+    def delta(self, text: str) -> bytes:
+        return (self.head + json.dumps(text, ensure_ascii=False) + self.tail).encode()
+
+
 async def _stream(server: Server, body: Any, rid: str, chat: bool, caller: Caller, target: Target, req: GenRequest,
-                  hits: list[dict[str, Any]], t0: float, texts: list[str]) -> AsyncIterator[str]:
-    """SSE chunks as tokens arrive. If the client disconnects, Starlette cancels this generator and
-    `Engine.stream`'s cleanup cancels the request, so the batch stops decoding it at the next step."""
+                  events: Any, hits: list[dict[str, Any]], t0: float, texts: list[str]) -> AsyncIterator[bytes]:
+    """SSE chunks as tokens arrive: every text delta already produced when the loop gets to it goes out in one
+    chunk (one token per chunk while the loop keeps up). If the client disconnects, Starlette cancels this
+    generator and the request is cancelled, so the engine stops decoding it at its next step."""
     created = int(time.time())
+    frames = _Frames(rid, created, body.model, chat)
     parts: list[str] = []
     status = 200
     final = None
     if chat:
-        yield _sse(_chunk(rid, created, body.model, {"role": "assistant", "content": ""}, None))
+        yield _sse(_chunk(rid, created, body.model, {"role": "assistant", "content": ""}, None)).encode()
     try:
-        async for ev in server.engine.stream(req):
-            if ev.kind == "delta":
-                parts.append(ev.text)
-                yield _sse(_chunk(rid, created, body.model, {"content": ev.text}, None) if chat
-                           else _text_chunk(rid, created, body.model, ev.text, None))
-            elif ev.kind == "error":
+        async for batch in _batches(events):
+            text = "".join([ev.text for ev in batch if ev.kind == "delta"])
+            if text:
+                parts.append(text)
+                yield frames.delta(text)
+            ev = batch[-1]
+            if ev.kind == "error":
                 status = 500
                 err = _logged(_fault(500, "Generation failed.", ev.error or "unknown engine error"), rid,
                               f"streaming {body.model}")
-                yield _sse(err.body())
+                yield _sse(err.body()).encode()
                 break
-            else:
+            if ev.kind == "done":
                 final = ev
                 last = (_chunk(rid, created, body.model, {}, ev.finish_reason) if chat
                         else _text_chunk(rid, created, body.model, "", ev.finish_reason))
@@ -1193,17 +1316,20 @@ async def _stream(server: Server, body: Any, rid: str, chat: bool, caller: Calle
                     last["guardrails"] = hits
                 if target.routed_from:
                     last["routed_to"] = target.name
-                yield _sse(last)
+                end = _sse(last)
                 if (body.stream_options or {}).get("include_usage"):
-                    yield _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                                "created": created, "model": body.model, "choices": [],
-                                "usage": {"prompt_tokens": ev.prompt_tokens, "completion_tokens": ev.completion_tokens,
-                                          "total_tokens": ev.prompt_tokens + ev.completion_tokens}})
-        yield "data: [DONE]\n\n"
+                    end += _sse({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                                 "created": created, "model": body.model, "choices": [],
+                                 "usage": {"prompt_tokens": ev.prompt_tokens, "completion_tokens": ev.completion_tokens,
+                                           "total_tokens": ev.prompt_tokens + ev.completion_tokens}})
+                yield (end + "data: [DONE]\n\n").encode()
+                return
+        yield b"data: [DONE]\n\n"
     except (asyncio.CancelledError, GeneratorExit):
         status = 499  # client closed the connection
         raise
     finally:
+        req.cancel()  # no-op once done; frees the row at once when the client left
         completion = final.completion_tokens if final else len(req.ids)
         _log(server, rid, caller, target, status, t0, len(req.prompt_ids), completion, hits, texts, "".join(parts))
         server.metrics.observe_request(body.model, "/v1/chat/completions" if chat else "/v1/completions", status,

@@ -182,7 +182,13 @@ class ServeConfig(BaseModel):
         "overrides it (also `vllm`, a separate server).")
     llamacpp_slots: int = Field(
         4, ge=1, le=64, description="llama.cpp engine: requests decoded at once (one context each, round-robin).")
+    llamacpp_threads: int | None = Field(
+        None, ge=1, description="llama.cpp engine: threads per decode (default: every core this process may use). "
+        "On a machine busy with other work, fewer threads than cores avoid stalls at llama.cpp's thread barriers.")
     max_batch_size: int = Field(16, ge=1, le=256, description="Requests decoded together in one batch.")
+    max_queue: int = Field(
+        256, ge=1, description="Requests waiting for a decoding slot; when full, new ones get 503 with Retry-After "
+        "(waiting requests are admitted round-robin across API keys).")
     batch_wait_ms: float = Field(
         8.0, ge=0, le=1000, description="How long the batcher waits for more requests after the first arrives."
     )

@@ -13,6 +13,10 @@ to each request as they are produced (decoded incrementally), and a request whos
 at the next step. The model runs in the precision it was loaded in (bf16 where the CPU has native BF16, see
 models.load_model), under `torch.inference_mode()`.
 
+Waiting requests sit in one bounded queue (`max_queue`: a full queue raises QueueFull, which the server answers with
+503) and are admitted round-robin across their owners (API keys, `fair_order`), so one client cannot starve the rest.
+Events reach the event loop through an EventStream per request, which batches whatever arrived between two wake-ups.
+
 Two optional per-request additions: a grammar `constraint` (structured output, see structured.py) masks that
 row's logits at every step, and a `prefix_len` hint marks the shared head of the prompt (system prompt, RAG
 template) whose KV cache is computed once per adapter and reused by later requests (prefix cache).
@@ -61,6 +65,7 @@ class GenRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     label: str = ""  # model name as the client asked for it (metrics)
+    owner: str = ""  # who asked (API key, else client address): queued requests are admitted round-robin by owner
     constraint: Any = None  # structured.Constraint: grammar the answer must follow
     prefix_len: int = 0  # the first prefix_len prompt ids are a shared prefix worth caching
     emit: Callable[[Event], None] = lambda ev: None
@@ -81,6 +86,95 @@ class GenRequest:
         self.cancelled.set()
 
 
+class QueueFull(TailorError):
+    """The engine's queue holds `max_queue` requests already: the server answers 503 with Retry-After."""
+
+
+def fair_order(pending: list[GenRequest]) -> list[GenRequest]:
+    """Queued requests in admission order: round-robin across owners, first come first served within each.
+
+    One key that queues a thousand requests then gets one slot in every k free ones (k owners waiting), instead of
+    every slot until its backlog is gone.
+    """
+    by_owner: dict[str, list[GenRequest]] = {}
+    for r in pending:
+        by_owner.setdefault(r.owner, []).append(r)
+    if len(by_owner) < 2:
+        return list(pending)
+    queues = list(by_owner.values())
+    out: list[GenRequest] = []
+    for i in range(max(map(len, queues))):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
+
+
+class EventStream:
+    """One request's events, handed from the engine thread to the event loop in batches.
+
+    The engine thread appends under a lock and schedules a loop wake-up only when none is pending, so a consumer
+    that falls behind (many streams, a busy loop) drains everything that arrived in one go instead of paying a
+    wake-up and a queue hop per token; `abort` (client gone) cancels the request and ends the iteration.
+    """
+
+    def __init__(self, req: GenRequest, loop: asyncio.AbstractEventLoop):
+        self.req = req
+        self._loop = loop
+        self._buf: list[Event] = []
+        self._lock = threading.Lock()
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_pending = False
+
+    def put(self, ev: Event) -> None:
+        """Engine thread: queue an event, waking the loop unless a wake-up is already on its way."""
+        with self._lock:
+            self._buf.append(ev)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is shutting down
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def abort(self) -> None:
+        """Loop side: the client went away. Cancel decoding (the engine drops the row at its next step) and end."""
+        self.req.cancel()
+        with self._lock:
+            self._buf.append(Event("done", finish_reason="cancelled", prompt_tokens=len(self.req.prompt_ids),
+                                   completion_tokens=len(self.req.ids)))
+        self._wake()
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """Lists of events as they arrive, the last one ending with the final event ("done" or "error")."""
+        try:
+            while True:
+                with self._lock:
+                    got, self._buf = self._buf, []
+                    if not got:
+                        self._waiter = self._loop.create_future()
+                if not got:
+                    assert self._waiter is not None
+                    await self._waiter
+                    self._waiter = None
+                    continue
+                for i, ev in enumerate(got):
+                    if ev.kind in ("done", "error"):
+                        yield got[: i + 1]
+                        return
+                yield got
+        finally:
+            self.req.cancel()  # a consumer that stops early (client gone) frees the row
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        async for batch in self.batches():
+            for ev in batch:
+                yield ev
+
+
 class EngineStats:
     """Hooks for metrics (the server passes Prometheus-backed ones); no-ops by default."""
 
@@ -98,8 +192,9 @@ class Engine:
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 16, batch_wait_ms: float = 8.0,
                  max_model_len: int | None = None, max_loaded_adapters: int = 8, mixed_adapters: bool = True,
                  stats: EngineStats | None = None, prefix_cache_size: int = 16, prefix_min_tokens: int = 8,
-                 merge_dora: bool = True):
+                 merge_dora: bool = True, max_queue: int = 256):
         self.model = model
+        self.max_queue = max_queue
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000
@@ -260,25 +355,21 @@ class Engine:
         if self._thread is None:
             raise TailorError("engine is not running")
         with self._cond:
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"{len(self._pending)} requests are already waiting (serve.max_queue)")
             self._pending.append(req)
             self.stats.queue_depth(len(self._pending))
             self._cond.notify()
         return req
 
-    async def stream(self, req: GenRequest) -> AsyncIterator[Event]:
-        """Submit and yield events; if the consumer stops iterating (client gone), the request is cancelled."""
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue[Event] = asyncio.Queue()
-        req.emit = lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev)
+    def stream(self, req: GenRequest) -> EventStream:
+        """Submit now and return the request's events, to be read on the running event loop (`async for`, or
+        `.batches()`). Submitting here, not at the first read, makes a full queue or a bad request fail before the
+        server starts an answer; a consumer that stops reading early cancels the request."""
+        events = EventStream(req, asyncio.get_running_loop())
+        req.emit = events.put
         self.submit(req)
-        try:
-            while True:
-                ev = await q.get()
-                yield ev
-                if ev.kind in ("done", "error"):
-                    return
-        finally:
-            req.cancel()
+        return events
 
     def complete(self, req: GenRequest, timeout: float | None = None) -> tuple[str, Event]:
         """Blocking: the whole text and the final event (for RAG answers and benchmarks)."""
@@ -330,7 +421,7 @@ class Engine:
             room = {k: self.max_batch_size - len(lane) for k, lane in self._lanes.items()}
             needed = self._in_use()
             taken, rest = [], []
-            for r in self._pending:
+            for r in fair_order(self._pending):
                 if r.cancelled.is_set():
                     continue
                 key = self._lane_key(r.adapter)
@@ -343,7 +434,8 @@ class Engine:
                     needed.update([r.adapter] if r.adapter is not None else [])
                 else:
                     rest.append(r)
-            self._pending = rest
+            waiting = {id(r) for r in rest}
+            self._pending = [r for r in self._pending if id(r) in waiting]  # arrival order kept
             self.stats.queue_depth(len(rest))
             return taken
 

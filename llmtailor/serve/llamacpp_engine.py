@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtailor.errors import TailorError, UnsupportedAdapter
-from llmtailor.serve.engine import Engine, EngineStats, GenRequest
+from llmtailor.serve.engine import Engine, EngineStats, GenRequest, fair_order
 
 INSTALL_HINT = "pip install 'llmtailor[llamacpp]'"
 
@@ -190,8 +190,9 @@ class LlamaCppEngine(Engine):
 
     def __init__(self, gguf: Path, tokenizer: Any, *, slots: int = 4, n_ctx: int = 2048, n_threads: int | None = None,
                  max_loaded_adapters: int = 8, stats: EngineStats | None = None,
-                 adapter_gguf: Callable[[Path], Path] | None = None):
+                 adapter_gguf: Callable[[Path], Path] | None = None, max_queue: int = 256):
         lc = require_llama_cpp()
+        self.max_queue = max_queue
         self.llama_cpp = lc
         self.gguf = Path(gguf)
         if not self.gguf.is_file():
@@ -343,14 +344,15 @@ class LlamaCppEngine(Engine):
                 self._step(s)
 
     def _admit(self) -> None:
-        """Give queued requests free slots: same adapter and longest cached prefix first."""
+        """Give queued requests free slots, round-robin across owners (fair_order); each takes the free slot with
+        its adapter and the longest cached prefix."""
         with self._cond:
             self._pending = [r for r in self._pending if not r.cancelled.is_set()]
             if not self._pending:
                 return
             free = [s for s in self.slots if s.req is None]
             taken = []
-            for r in self._pending:
+            for r in fair_order(self._pending):
                 if not free:
                     break
                 best = max(free, key=lambda s: (s.adapter == r.adapter, s.cached_prefix(r.prompt_ids),

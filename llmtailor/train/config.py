@@ -12,6 +12,14 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    objective: Literal["sft", "dpo", "orpo", "pretrain"] = Field(
+        "sft", description="sft: chat rows; dpo/orpo: preference pairs (section `preference`); pretrain: raw text "
+        "(section `pretrain`), loss on every token. See docs/adapt.md."
+    )
+    init_adapter: str | None = Field(
+        None, description="Start from this adapter instead of a fresh one: a run id or folder under runs_dir, or an "
+        "adapter folder (e.g. DPO on top of an SFT run, SFT on top of a pretrain run)."
+    )
     method: Literal["lora", "dora", "qlora", "full"] = Field(
         "lora", description="lora/dora: adapters on a frozen base; qlora: 4-bit base (CUDA only); full: all weights."
     )

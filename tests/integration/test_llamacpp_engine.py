@@ -180,3 +180,25 @@ def test_choose_engine_rules(monkeypatch, tmp_path):
     assert choose_engine(ModelConfig(), "auto").name == "transformers"
     with pytest.raises(TailorError, match=r"llmtailor\[llamacpp\]"):
         choose_engine(ModelConfig(), "llamacpp")
+
+
+def test_queue_is_bounded_and_admits_round_robin_across_keys(engine, smol):
+    from llmtailor.serve.engine import GenRequest, QueueFull
+
+    _, tok = smol
+    ids = ids_for(tok, "Say hello.")
+    bound = engine.max_queue
+    engine.max_queue = 8
+    try:
+        with engine._cond:  # the worker cannot admit while the test holds the (re-entrant) lock
+            flood = [engine.submit(GenRequest(ids, 2, owner="key-A")) for _ in range(7)]
+            late = engine.submit(GenRequest(ids, 2, owner="key-B"))
+            with pytest.raises(QueueFull):
+                engine.submit(GenRequest(ids, 2, owner="key-C"))
+            engine._admit()
+            started = [s.req for s in engine.slots if s.req is not None]
+            assert late in started and len(started) == len(engine.slots)  # B starts now, not after A's seven
+            for r in flood:
+                r.cancel()
+    finally:
+        engine.max_queue = bound

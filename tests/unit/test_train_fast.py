@@ -181,6 +181,44 @@ def test_bf16_training_keeps_adapter_updates(tiny_tokenizer):
     assert abs(outs[1]) > abs(outs[0])
 
 
+def test_bf16_lora_sums_stay_fp32_and_inputs_are_cast_once(tiny_tokenizer):
+    """Adapter sums stay fp32 except v_proj's (cast to bf16 unchanged by attention); q/k/v share one bf16 input
+    cast; the frozen tied embedding gets no gradient; adapter gradients are fp32 and the loss tracks fp32."""
+    from peft import LoraConfig, get_peft_model
+
+    from llmtailor.train.lora_fp32 import keep_adapters_fp32
+
+    inputs = _batch(len(tiny_tokenizer))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    ref = get_peft_model(build_tiny_model(tiny_tokenizer, seed=8), lora)
+    fp32_loss = label_only_loss(ref, inputs).loss.item()
+    model = get_peft_model(build_tiny_model(tiny_tokenizer, seed=8).to(torch.bfloat16), lora)
+    plain = model(**inputs).logits  # without autocast the patch must change nothing
+    keep_adapters_fp32(model)
+    torch.testing.assert_close(model(**inputs).logits, plain, rtol=0, atol=0)
+    out_dtypes: dict[str, torch.dtype] = {}
+    base_inputs: dict[str, int] = {}
+    layer = model.base_model.model.model.layers[0]
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        mod = getattr(layer.self_attn, name)
+        mod.register_forward_hook(lambda m, a, out, name=name: out_dtypes.__setitem__(name, out.dtype))
+        mod.base_layer.register_forward_hook(lambda m, a, out, name=name: base_inputs.__setitem__(name, id(a[0])))
+    for name in ("gate_proj", "up_proj", "down_proj"):
+        mod = getattr(layer.mlp, name)
+        mod.register_forward_hook(lambda m, a, out, name=name: out_dtypes.__setitem__(name, out.dtype))
+    out = label_only_loss(model, inputs, autocast_bf16=True)
+    out.loss.backward()
+    assert {out_dtypes[n] for n in ("q_proj", "k_proj", "o_proj", "gate_proj", "up_proj", "down_proj")} == {
+        torch.float32}
+    assert out_dtypes["v_proj"] == torch.bfloat16
+    assert base_inputs["q_proj"] == base_inputs["k_proj"] == base_inputs["v_proj"]  # one bf16 cast, shared
+    embed = model.get_input_embeddings().weight
+    assert not embed.requires_grad and embed.grad is None
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.float32 and g.abs().sum() > 0 for g in grads)
+    assert out.loss.item() == pytest.approx(fp32_loss, rel=0.02)
+
+
 def test_trainable_weights_stay_fp32_under_bf16(tmp_path, tiny_model_dir, dataset, monkeypatch):  # noqa: F811
     import llmtailor.models as models
 
@@ -207,3 +245,14 @@ def test_only_right_padding_drops_the_mask():
     assert _right_padded(torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]]))
     assert not _right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))  # left padding must keep its mask
     assert not _right_padded(torch.tensor([[1, 0, 1]]))
+
+
+def test_glibc_threshold_is_set_unless_the_user_set_it(monkeypatch):
+    import platform
+
+    from llmtailor.train import memory
+
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert memory.return_large_frees_to_os() is False  # the user's setting wins
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert memory.return_large_frees_to_os() is (platform.libc_ver()[0] == "glibc")

@@ -1,0 +1,189 @@
+"""The workbench driven as a person would, in headless Chromium (Debian's chromium + chromium-driver, selenium).
+
+One real uvicorn server on a free localhost port for the module; the tests run in file order (compare, train and
+stop, promote and roll back, playground, retrieval, data). With LLMTAILOR_UI_SCREENSHOTS=DIR each page is saved
+as a PNG there (`LLMTAILOR_UI_SCREENSHOTS=docs/ui python -m pytest tests/ui/test_ui_browser.py` refreshes docs/ui).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmtailor.runs import read_run
+from tests.ui.conftest import SCRIPT, build_project, running, tiny_engine
+
+CHROMEDRIVER = os.environ.get("LLMTAILOR_CHROMEDRIVER", "/usr/bin/chromedriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+selenium = pytest.importorskip("selenium", reason="selenium not installed (pip install -e '.[dev]')")
+if not CHROMIUM or not Path(CHROMEDRIVER).exists():
+    pytest.skip("browser tests need Chromium and chromedriver (Debian: apt-get install chromium chromium-driver; "
+                f"found chromium={CHROMIUM}, chromedriver={CHROMEDRIVER if Path(CHROMEDRIVER).exists() else None})",
+                allow_module_level=True)
+
+from selenium.webdriver import Chrome, ChromeOptions  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+
+SHOTS = os.environ.get("LLMTAILOR_UI_SCREENSHOTS")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, tiny_model_dir):
+    from llmtailor.ui.app import create_app
+
+    project = build_project(tmp_path_factory.mktemp("ui-browser"), tiny_model_dir)
+    app = create_app(project["config"], serve_engine=tiny_engine())
+    opts = ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1360,900"):
+        opts.add_argument(arg)
+    opts.binary_location = CHROMIUM
+    driver = Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        with running(app) as url:
+            yield {"url": url, "driver": driver, "project": project, "wb": app.state.wb}
+    finally:
+        driver.quit()
+
+
+def shot(driver, name: str) -> None:
+    """The whole page (up to 2400 px tall) as docs/ui/<name>.png, through Chromium's DevTools protocol."""
+    if not SHOTS:
+        return
+    import base64
+
+    Path(SHOTS).mkdir(parents=True, exist_ok=True)
+    wait(driver, lambda d: d.execute_script("return document.readyState") == "complete")
+    height = driver.execute_script("return document.documentElement.scrollHeight") or 900
+    clip = {"x": 0, "y": 0, "width": 1360, "height": min(max(height, 600), 2400), "scale": 1}
+    png = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
+                                                            "clip": clip})
+    (Path(SHOTS) / f"{name}.png").write_bytes(base64.b64decode(png["data"]))
+
+
+def wait(driver, cond, timeout: float = 30):
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: cond(d))
+
+
+def test_runs_table_filters_and_compares_two_runs(site):
+    d = site["driver"]
+    d.get(site["url"] + "/")
+    rows = d.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")
+    assert {r.get_attribute("data-run") for r in rows} == {"run-a", "run-b"}
+    shot(d, "runs")
+    d.find_element(By.ID, "run-filter").send_keys("run-b")
+    visible = [r.get_attribute("data-run") for r in rows if r.is_displayed()]
+    assert visible == ["run-b"]
+    d.find_element(By.ID, "run-filter").clear()
+    d.find_element(By.ID, "run-filter").send_keys(" ")  # any input event re-filters
+    assert d.find_element(By.ID, "compare-button").get_attribute("disabled")
+    for box in d.find_elements(By.CSS_SELECTOR, ".run-select"):
+        box.click()
+    d.find_element(By.ID, "compare-button").click()
+    wait(d, lambda d: "/compare" in d.current_url)
+    assert len(d.find_elements(By.CSS_SELECTOR, "#compare-chart polyline")) == 2
+    assert "train.learning_rate" in d.find_element(By.ID, "config-diff").text
+    shot(d, "compare")
+
+
+def test_start_a_training_watch_the_curve_then_stop_it(site):
+    d, runs_dir = site["driver"], site["project"]["cfg"].runs_dir
+    d.get(site["url"] + "/work")
+    Select(d.find_element(By.ID, "kind")).select_by_value("train")
+    d.find_element(By.ID, "max_steps").send_keys("5000")
+    d.find_element(By.ID, "start-button").click()
+    wait(d, lambda d: "job=" in d.current_url)
+    run_dir = wait(d, lambda d: next((p for p in runs_dir.iterdir() if p.name not in ("run-a", "run-b")
+                                      and read_run(p).get("status") == "running"), None), timeout=90)
+    d.get(f"{site['url']}/runs/{run_dir.name}")
+    first = int(wait(d, lambda d: int(d.find_element(By.ID, "point-count").text or 0) or False, timeout=60))
+    wait(d, lambda d: int(d.find_element(By.ID, "point-count").text) > first, timeout=30)  # the curve grows live
+    assert d.find_elements(By.CSS_SELECTOR, "#live-chart circle.point")
+    shot(d, "run-live")
+    d.get(site["url"] + "/work")
+    shot(d, "work")
+    d.find_element(By.CSS_SELECTOR, ".job[data-running=yes] .stop-button").click()
+    wait(d, lambda d: read_run(run_dir).get("status") == "interrupted", timeout=60)
+    d.get(f"{site['url']}/runs/{run_dir.name}")
+    assert d.find_element(By.ID, "run-status").text == "interrupted"
+    assert d.find_element(By.ID, "resume-button").is_enabled()
+
+
+def _form(d, adapter: str):
+    return d.find_element(By.CSS_SELECTOR, f'.adapter[data-adapter="{adapter}"] form')
+
+
+def _serving(d) -> str:
+    return d.find_element(By.CSS_SELECTOR, '#stages tr[data-stage="production"]').text
+
+
+def test_promote_force_and_roll_back(site):
+    d = site["driver"]
+    d.get(site["url"] + "/registry")
+    _form(d, "ad-run-a").find_element(By.CSS_SELECTOR, ".promote-button").click()
+    wait(d, lambda d: d.find_elements(By.ID, "done-message"))
+    assert "ad-run-a" in _serving(d)
+    form = _form(d, "ad-run-b")
+    form.find_element(By.CSS_SELECTOR, ".promote-button").click()  # its gates failed: blocked
+    assert "failed its evaluation gates" in wait(d, lambda d: d.find_element(By.ID, "error-message")).text
+    d.get(site["url"] + "/registry")
+    form = _form(d, "ad-run-b")
+    form.find_element(By.CSS_SELECTOR, ".force-box").click()
+    form.find_element(By.NAME, "who").send_keys("dana")
+    form.find_element(By.NAME, "why").send_keys("demo of a forced promotion")
+    form.find_element(By.CSS_SELECTOR, ".promote-button").click()
+    wait(d, lambda d: d.find_elements(By.ID, "done-message"))
+    assert "ad-run-b" in _serving(d) and "forced" in _serving(d)
+    d.find_element(By.ID, "rollback-production").click()
+    wait(d, lambda d: d.find_elements(By.ID, "done-message") and "rollback" in _serving(d))
+    assert "ad-run-a" in _serving(d)
+    assert "forced by dana: demo of a forced promotion" in d.find_element(By.ID, "history").text
+    shot(d, "registry")
+
+
+def test_playground_answers_side_by_side_and_takes_feedback(site):
+    d = site["driver"]
+    d.get(site["url"] + "/playground")
+    d.find_element(By.ID, "prompt").send_keys("How long do refunds take?")
+    for box in d.find_elements(By.CSS_SELECTOR, ".variant-box"):
+        if (box.get_attribute("value") in ("tiny", "acme", "support-bot")) != box.is_selected():
+            box.click()
+    d.find_element(By.ID, "ask-button").click()
+    cards = wait(d, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".answer-card[data-done]")) == 3
+                 and d.find_elements(By.CSS_SELECTOR, ".answer-card"), timeout=90)
+    assert [c.get_attribute("data-done") for c in cards] == ["yes"] * 3
+    rag = next(c for c in cards if c.get_attribute("data-model") == "support-bot")
+    citation = rag.find_element(By.CSS_SELECTOR, "details.citation")
+    citation.find_element(By.TAG_NAME, "summary").click()  # expands to the passage's text
+    wait(d, lambda d: "refunds" in citation.find_element(By.CSS_SELECTOR, "pre.passage").text.lower())
+    cards[0].find_element(By.CSS_SELECTOR, ".thumb-up").click()
+    wait(d, lambda d: "recorded fb-" in cards[0].find_element(By.CSS_SELECTOR, ".feedback-note").text)
+    assert [f["rating"] for f in site["wb"].registry.feedback()] == ["up"]
+    shot(d, "playground")
+
+
+def test_search_as_two_tenants_shows_different_results(site):
+    d = site["driver"]
+    d.get(site["url"] + "/retrieval")
+    d.find_element(By.ID, "query").send_keys("refunds")
+    d.find_element(By.ID, "t1").send_keys("acme")
+    d.find_element(By.ID, "t2").send_keys("globex")
+    d.find_element(By.ID, "search-button").click()
+    sections = wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, "section.caller"))
+    acme, globex = (s.text for s in sections)
+    assert "Acme refunds" in acme and "Globex refunds take" not in acme
+    assert "Globex refunds take" in globex and "Acme refunds" not in globex
+    shot(d, "retrieval")
+
+
+def test_data_rows_are_shown_as_text_not_run(site):
+    d = site["driver"]
+    d.get(f"{site['url']}/data/{site['project']['version']}?q=script")
+    assert SCRIPT in d.find_element(By.ID, "rows").text  # shown literally, never executed
+    assert d.execute_script("return document.querySelectorAll('#rows script').length") == 0
+    shot(d, "data")
