@@ -204,7 +204,7 @@ def render(args: argparse.Namespace, results: dict[str, list[dict]], config: dic
         "Both sides get the same token ids and assistant-only labels (tokenized once by llmtailor's renderer). "
         "TRL side: TRL's defaults on CPU (fp32, every position projected by the LM head). llmtailor side: `tailor "
         "train` defaults (bf16 autocast where the CPU has native BF16, frozen base in bf16, adapter matmuls in bf16 "
-        "with fp32 sums, LM head only at label positions, glibc mmap threshold fixed), length buckets off so the "
+        "with fp32 sums, LM head only at label positions), length buckets off so the "
         "order matches.",
         "",
         "| trainer | tokens/s median (min–max) | peak RSS MB median (min–max) | loss, mean of last 3 steps |",

@@ -232,10 +232,6 @@ def train(
     update_run(run_dir, status="running")
 
     threads = _set_threads(t.threads) if choice.device == "cpu" else None
-    if choice.device == "cpu":
-        from llmtailor.train.memory import return_large_frees_to_os
-
-        return_large_frees_to_os()  # about 1 GB less peak RSS per step (see train/memory.py)
     precision = choose_precision(
         t.precision or cfg.model.precision,
         choice.device,

@@ -246,13 +246,3 @@ def test_only_right_padding_drops_the_mask():
     assert not _right_padded(torch.tensor([[1, 1, 1], [0, 1, 1]]))  # left padding must keep its mask
     assert not _right_padded(torch.tensor([[1, 0, 1]]))
 
-
-def test_glibc_threshold_is_set_unless_the_user_set_it(monkeypatch):
-    import platform
-
-    from llmtailor.train import memory
-
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert memory.return_large_frees_to_os() is False  # the user's setting wins
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    assert memory.return_large_frees_to_os() is (platform.libc_ver()[0] == "glibc")
