@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -120,20 +121,23 @@ def test_schema_and_overlength_drops(tmp_path, tiny_model_dir):
 
 
 def test_endpoint_dies_mid_run_nothing_lost_and_rerun_finishes(tmp_path, tiny_model_dir):
-    with FakeOpenAI(good_reply, die_after=7) as srv:  # 3 attempts x 2 requests, then one more request
+    # About 3 attempts x 2 requests, then one more request; under load a slow request can be retried, so the exact
+    # number of rows kept before the endpoint dies varies: the message must name it and the file must hold it.
+    with FakeOpenAI(good_reply, die_after=7) as srv:
         cfg = load_config(project(tmp_path, tiny_model_dir, srv.base_url))
-        with pytest.raises(TailorError, match=r"failures in a row.*3 rows are safe.*rerun"):
+        with pytest.raises(TailorError, match=r"failures in a row.*\d+ rows are safe.*rerun") as err:
             run_synth(cfg, show_progress=False)
+    safe = int(re.search(r"(\d+) rows are safe", str(err.value)).group(1))
     rows = out_rows(cfg.synth.output)
-    assert len(rows) == 3
+    assert 1 <= safe < 18 and len(rows) == safe
     log = out_rows(tmp_path / "data" / "synthetic.jsonl.log.jsonl")
-    assert Counter(x["status"] for x in log) == {"kept": 3, "error": 3}
+    assert Counter(x["status"] for x in log) == {"kept": safe, "error": 3}
     assert {x["kind"] for x in log if x["status"] == "error"} == {"down"}
 
     with FakeOpenAI(good_reply) as srv:
         result = run_synth(load_config(project(tmp_path, tiny_model_dir, srv.base_url)), show_progress=False)
     rows = out_rows(cfg.synth.output)
-    assert result.skipped_done == 3 and result.kept == 15 and len(rows) == 18
+    assert result.skipped_done == safe and result.kept == 18 - safe and len(rows) == 18
     assert len({r["_attempt"] for r in rows}) == 18  # each attempt once: nothing redone, nothing lost
 
 
