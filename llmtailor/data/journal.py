@@ -64,6 +64,7 @@ class Journal:
         self.done: set[str] = {str(r[key_field]) for r in self.log if r.get("status") in ("kept", "dropped")}
         meta_key = f"_{key_field}"
         self.done |= {str(r[meta_key]) for r in self.rows if meta_key in r}
+        self.streak = 0  # outside failures in a row; a kept or dropped attempt ends the streak
         self._rows_f: TextIO | None = None
         self._log_f: TextIO | None = None
 
@@ -91,17 +92,28 @@ class Journal:
         self._write(self._log_f, {self.key_field: key, "status": "kept", **info})
         self.rows.append(tagged)
         self.done.add(key)
+        self.streak = 0
 
     def drop(self, key: str, reason: str, **info: Any) -> None:
         """A decided attempt that produced nothing usable (counted by reason, never retried)."""
         self._write(self._log_f, {self.key_field: key, "status": "dropped", "reason": reason, **info})
         self.log.append({self.key_field: key, "status": "dropped", "reason": reason})
         self.done.add(key)
+        self.streak = 0
 
     def error(self, key: str, kind: str, message: str) -> None:
         """An outside failure: logged, counted, retried by the next run."""
         self._write(self._log_f, {self.key_field: key, "status": "error", "kind": kind, "message": message[:300]})
         self.log.append({self.key_field: key, "status": "error", "kind": kind})
+
+    def failed(self, key: str, exc: Any, *, limit: int, setting: str, noun: str, command: str) -> None:
+        """An outside failure (`exc.kind`: down, timeout, ...) logged for a retry; `limit` of them in a row stop the
+        run with a message saying what is safe and how to go on."""
+        self.streak += 1
+        self.error(key, exc.kind, str(exc))
+        if self.streak >= limit:
+            raise TailorError(f"{setting}: {self.streak} failures in a row, stopping (last: {exc}). {len(self.rows)} "
+                              f"{noun} are safe in {self.rows_path}; rerun `{command}` to go on from there") from None
 
     def totals(self) -> dict[str, Any]:
         """Cumulative counts over every run: kept, dropped by reason, errors by kind."""

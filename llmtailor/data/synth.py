@@ -225,7 +225,6 @@ def run_synth(cfg: Any, *, show_progress: bool = True, generator: Any = None, sa
 
         generator = make_generator(s.generator, cfg.model, cfg.runs_dir, seed=s.seed)
     synth = Synthesizer(cfg, generator, tokenizer, schema, dups)
-    failures = 0
     from llmtailor.cli.output import progress_bar
 
     try:
@@ -235,17 +234,11 @@ def run_synth(cfg: Any, *, show_progress: bool = True, generator: Any = None, sa
                 try:
                     row, reason = synth.attempt(seed["messages"], op)
                 except GeneratorError as e:
-                    failures += 1
                     result.errors[e.kind] += 1
-                    journal.error(key, e.kind, str(e))
-                    if failures >= s.max_consecutive_failures:
-                        raise TailorError(
-                            f"synth.generator: {failures} failures in a row, stopping (last: {e}). "
-                            f"{len(journal.rows)} rows are safe in {s.output}; rerun `tailor data synth` to go on "
-                            "from there") from None
+                    journal.failed(key, e, limit=s.max_consecutive_failures, setting="synth.generator", noun="rows",
+                                   command="tailor data synth")
                     advance()
                     continue
-                failures = 0
                 if row is None:
                     result.dropped[reason] += 1
                     journal.drop(key, reason, op=op, text=synth.last[:300])

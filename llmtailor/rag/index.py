@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,15 @@ class Index:
         self.store.close()
 
 
+@dataclass(frozen=True)
+class _RecordedEmbedder:
+    """An index's embedding model as index.json records it (name, fingerprint, size), for work that embeds nothing."""
+
+    name: str
+    fingerprint: str
+    dim: int
+
+
 def delete_sources(index_dir: str | Path, targets: list[str], cfg: RagConfig | None = None, *,
                    base_dir: Path | None = None) -> dict[str, Any]:
     """Remove documents from an index without re-reading any file: `targets` are files or folders (every source
@@ -185,7 +195,11 @@ def delete_sources(index_dir: str | Path, targets: list[str], cfg: RagConfig | N
     the new version on its next query. Nothing matching is an error, so a typo never passes as a deletion."""
     index_dir = Path(index_dir)
     with write_lock(index_dir):
-        index = Index.open(index_dir, cfg, base_dir=base_dir)
+        info = Index.read_info(index_dir)
+        # Deleting embeds nothing: the recorded model's identity opens the index without loading the model.
+        recorded = _RecordedEmbedder(info["embedding"]["model"], info["embedding"]["fingerprint"],
+                                     info["embedding"]["dim"]) if info and "embedding" in info else None
+        index = Index.open(index_dir, cfg, base_dir=base_dir, embedder=recorded)  # type: ignore[arg-type]
         try:
             states = index.store.source_states()
             wanted: list[str] = []

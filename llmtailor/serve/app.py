@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import queue
+import re
 import secrets
 import threading
 import time
@@ -149,6 +150,9 @@ def _parse(model: type[BaseModel], raw: Any) -> Any:
                        else "invalid_value") from None
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 async def _body(request: Request, limit: int) -> Any:
     """The JSON body, refused with 413 once it passes `limit` bytes (declared or counted), before it is parsed."""
     too_large = APIError(413, f"The request body is larger than {limit} bytes (serve.max_request_bytes).",
@@ -170,7 +174,9 @@ async def _body(request: Request, limit: int) -> Any:
     except RecursionError:  # the decoder recurses per nesting level; a deep `[[[[...` exhausts the stack
         raise APIError(400, "We could not parse the JSON body of your request (nested too deeply).",
                        code="invalid_json") from None
-    _check_strings(obj)
+    # In an ASCII body only a \uD800-\uDFFF escape can make a surrogate, so most bodies skip the walk.
+    if not raw.isascii() or _SURROGATE_ESCAPE.search(raw):
+        _check_strings(obj)
     return obj
 
 

@@ -128,24 +128,17 @@ def ask_teacher(cfg: Any, teacher: Any, prompts: list[list[dict[str, str]]], ans
     journal = Journal(d.output, "prompt")
     keyed = [(stable_hash(exact_key(p), 16), p) for p in prompts]
     todo = [(k, p) for k, p in keyed if k not in journal.done]
-    failures = 0
     with journal, progress_bar("teacher", len(todo), enabled=show_progress) as advance:
         for key, prompt in todo:
             result.asked += 1
             try:
                 answer = teacher.chat(prompt, temperature=d.temperature, max_tokens=d.max_new_tokens).strip()
             except GeneratorError as e:
-                failures += 1
                 result.errors[e.kind] += 1
-                journal.error(key, e.kind, str(e))
-                if failures >= d.max_consecutive_failures:
-                    raise TailorError(
-                        f"distill.teacher: {failures} failures in a row, stopping (last: {e}). "
-                        f"{len(journal.rows)} answers are safe in {d.output}; rerun `tailor distill` to go on "
-                        "from there") from None
+                journal.failed(key, e, limit=d.max_consecutive_failures, setting="distill.teacher", noun="answers",
+                               command="tailor distill")
                 advance()
                 continue
-            failures = 0
             why = answer_filter.reason(prompt, answer)
             if why:
                 result.dropped[why] += 1

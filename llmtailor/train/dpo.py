@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, Any
 from llmtailor.errors import TailorError
 from llmtailor.io import file_hash
 from llmtailor.runs import update_run
-from llmtailor.train.objectives import loss_summary, quiet_trainer, resolve_adapter, save_outputs, start_run
+from llmtailor.train.objectives import (
+    loss_summary,
+    quiet_trainer,
+    resolve_adapter,
+    run_trainer,
+    save_outputs,
+    start_run,
+    trainer_args,
+)
 from llmtailor.train.sft import TrainResult, _set_threads
 
 if TYPE_CHECKING:
@@ -46,34 +54,9 @@ def _pair_tokens(dataset: Any) -> int:
 
 
 def _common_args(cfg: TailorConfig, run_dir: Path, on_cuda: bool, max_len: int) -> dict[str, Any]:
-    t = cfg.train
-    return dict(
-        output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps if t.max_steps else -1,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=t.optim or "adamw_torch",
-        logging_steps=t.logging_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        seed=t.seed,
-        data_seed=t.seed,
-        use_cpu=not on_cuda,
-        bf16=False,
-        gradient_checkpointing=False,
-        max_length=max_len,
-        beta=cfg.preference.beta,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    # fp32 on CPU: SFT's bf16 autocast lives in TailorSFTTrainer's loss, which TRL's preference trainers do not use.
+    return dict(**trainer_args(cfg, run_dir, on_cuda=on_cuda, max_len=max_len, optim=cfg.train.optim or "adamw_torch"),
+                bf16=False, gradient_checkpointing=False, beta=cfg.preference.beta)
 
 
 def _trainer(cfg: TailorConfig, model: Any, tokenizer: Any, dataset: Any, args: dict[str, Any], peft: Any,
@@ -168,16 +151,7 @@ def train(
         hf_logging.set_verbosity(verbosity)
     quiet_trainer(trainer)
     update_run(run_dir, threads=threads, train_rows=len(rows))
-    started = time.perf_counter()
-    try:
-        trainer.train()
-    except KeyboardInterrupt:
-        update_run(run_dir, status="interrupted")
-        raise
-    except Exception:
-        update_run(run_dir, status="failed")
-        raise
-    runtime = time.perf_counter() - started
+    _, runtime = run_trainer(run_dir, trainer.train)
     out_dir = save_outputs(cfg, run_dir, trainer.model, tokenizer, dataset_hash, max_len,
                            {"preference_hash": file_hash(pref_file), "init_adapter": str(parent_dir or "") or None})
     history = trainer.state.log_history

@@ -8,10 +8,9 @@ Only label positions go through the LM heads, as in llmtailor's label-only loss.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
-from llmtailor.train.loss import IGNORE, backbone_and_head
+from llmtailor.train.loss import label_logits
 from llmtailor.train.trainer import TailorSFTTrainer
 
 
@@ -29,28 +28,6 @@ def kd_loss(student_logits: Any, teacher_logits: Any, targets: Any, *, temperatu
     log_p_teacher = F.log_softmax(teacher_logits / t, dim=-1)
     kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="sum") / denom
     return alpha * t * t * kl + (1.0 - alpha) * ce, kl, ce
-
-
-def label_logits(model: Any, inputs: dict[str, Any], *, autocast_bf16: bool = False) -> tuple[Any, Any]:
-    """(fp32 logits at the label positions, their targets): the backbone runs on every token, the head on labels."""
-    import torch
-    import torch.nn.functional as F
-
-    parts = backbone_and_head(model)
-    if parts is None:
-        raise TypeError(f"{type(model).__name__}: no decoder backbone and LM head for logit distillation")
-    backbone, head = parts
-    labels = inputs["labels"]
-    kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "assistant_masks")}
-    kwargs["use_cache"] = False
-    ctx = torch.autocast(labels.device.type, dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
-    with ctx:
-        hidden = backbone(**kwargs).last_hidden_state
-    shift = labels[:, 1:].to(hidden.device)
-    mask = shift != IGNORE
-    picked = hidden[:, :-1][mask].float()
-    bias = None if getattr(head, "bias", None) is None else head.bias.float()
-    return F.linear(picked, head.weight.float(), bias), shift[mask]
 
 
 class DistillTrainer(TailorSFTTrainer):

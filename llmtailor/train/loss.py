@@ -42,9 +42,8 @@ def _right_padded(mask: Any) -> bool:
     return bool(torch.equal(mask.bool(), torch.arange(mask.shape[1], device=mask.device)[None, :] < lengths))
 
 
-def label_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, *,
-                    autocast_bf16: bool = False) -> LabelLoss:
-    """Next-token cross-entropy over label positions only: sum of -log p / (num_items_in_batch or label count)."""
+def label_logits(model: Any, inputs: dict[str, Any], *, autocast_bf16: bool = False) -> tuple[Any, Any]:
+    """(fp32 logits at the label positions, their targets): the backbone runs on every token, the head on labels."""
     import torch
     import torch.nn.functional as F
 
@@ -72,10 +71,18 @@ def label_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any 
     # with only label rows left the fp32 projection is a small share of the step.
     weight = head.weight if head.weight.dtype == torch.float32 else head.weight.float()
     bias = None if getattr(head, "bias", None) is None else head.bias.float()
-    logits = F.linear(picked.float(), weight, bias)
-    targets = shift[mask]
+    return F.linear(picked.float(), weight, bias), shift[mask]
+
+
+def label_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None, *,
+                    autocast_bf16: bool = False) -> LabelLoss:
+    """Next-token cross-entropy over label positions only: sum of -log p / (num_items_in_batch or label count)."""
+    import torch
+    import torch.nn.functional as F
+
+    logits, targets = label_logits(model, inputs, autocast_bf16=autocast_bf16)
     total = F.cross_entropy(logits, targets, reduction="sum")
-    n = int(mask.sum())
+    n = targets.numel()
     denom = torch.as_tensor(num_items_in_batch if num_items_in_batch is not None else n, device=total.device)
     loss = total / denom.clamp(min=1)
     with torch.no_grad():

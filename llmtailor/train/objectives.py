@@ -78,6 +78,50 @@ def resolve_adapter(cfg: TailorConfig, ref: str | Path) -> tuple[Path, dict[str,
     return adapter, info
 
 
+def trainer_args(cfg: TailorConfig, run_dir: Path, *, on_cuda: bool, max_len: int, optim: str) -> dict[str, Any]:
+    """The Trainer arguments every objective takes from `train:` alike (schedule, checkpoints, seeds, device, quiet
+    logging); each objective adds its own (precision, packing, DPO's beta)."""
+    t = cfg.train
+    return dict(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps else -1,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=optim,
+        logging_steps=t.logging_steps,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        seed=t.seed,
+        data_seed=t.seed,
+        use_cpu=not on_cuda,
+        max_length=max_len,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def run_trainer(run_dir: Path, train: Callable[[], Any]) -> tuple[Any, float]:
+    """(what `train()` returned, seconds): Ctrl-C leaves the run `interrupted` (resumable), any error `failed`."""
+    started = time.perf_counter()
+    try:
+        out = train()
+    except KeyboardInterrupt:
+        update_run(run_dir, status="interrupted")
+        raise
+    except Exception:
+        update_run(run_dir, status="failed")
+        raise
+    return out, time.perf_counter() - started
+
+
 def start_run(cfg: TailorConfig, device: str, dtype: Any, **fields: Any) -> Path:
     """A new run folder with the resolved config and the run.json fields every objective records."""
     from llmtailor.train.sft import _code_version

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 from llmtailor.errors import TailorError
 from llmtailor.io import stable_hash
 from llmtailor.runs import update_run
-from llmtailor.train.objectives import loss_summary, quiet_trainer, resolve_adapter, save_outputs, start_run
+from llmtailor.train.objectives import (
+    loss_summary,
+    quiet_trainer,
+    resolve_adapter,
+    run_trainer,
+    save_outputs,
+    start_run,
+)
 from llmtailor.train.sft import TrainResult, _set_threads
 
 if TYPE_CHECKING:
@@ -166,16 +173,7 @@ def train(
     )
     quiet_trainer(trainer)
     update_run(run_dir, threads=threads, label_only_loss=trainer.label_only)
-    started = time.perf_counter()
-    try:
-        trainer.train()
-    except KeyboardInterrupt:
-        update_run(run_dir, status="interrupted")
-        raise
-    except Exception:
-        update_run(run_dir, status="failed")
-        raise
-    runtime = time.perf_counter() - started
+    _, runtime = run_trainer(run_dir, trainer.train)
     out_dir = save_outputs(cfg, run_dir, trainer.model, tokenizer, dataset_hash, p.block_size,
                            {"corpus_hash": corpus, "init_adapter": str(parent_dir) if parent_dir else None})
     losses = loss_summary(trainer.state.log_history)

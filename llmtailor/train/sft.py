@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from llmtailor import __version__
 from llmtailor.errors import TailorError
-from llmtailor.io import write_json, write_text
-from llmtailor.runs import new_run_dir, read_run, update_run
+from llmtailor.io import write_json
+from llmtailor.runs import read_run, update_run
+from llmtailor.train.objectives import run_trainer, start_run, trainer_args
 
 if TYPE_CHECKING:
     from llmtailor.config import TailorConfig
@@ -130,36 +131,15 @@ def _sft_args(
     on_cuda = device == "cuda"
     optim = t.optim or ("paged_adamw_8bit" if t.method == "qlora" else "adamw_torch")
     return SFTConfig(
-        output_dir=str(run_dir / "checkpoints"),
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps if t.max_steps else -1,
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        optim=optim,
-        logging_steps=t.logging_steps,
-        save_strategy="steps",
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        seed=t.seed,
-        data_seed=t.seed,
-        use_cpu=not on_cuda,
+        **trainer_args(cfg, run_dir, on_cuda=on_cuda, max_len=max_len, optim=optim),
         bf16=on_cuda and (dtype == torch.bfloat16 or bf16_autocast),
         fp16=on_cuda and dtype == torch.float16 and not bf16_autocast,
         gradient_checkpointing=on_cuda and t.method in ("qlora", "full"),
         train_sampling_strategy="random",  # length buckets come from TailorSFTTrainer's sampler
-        max_length=max_len,
         completion_only_loss=t.assistant_only_loss,
         packing=packing,
         packing_strategy="bfd",
         padding_free=packing,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         remove_unused_columns=True,
     )
 
@@ -213,21 +193,8 @@ def train(
                 f"{run_dir}: no checkpoint to resume from (checkpoints are written every {t.save_steps} steps)"
             )
     else:
-        run_dir = new_run_dir(cfg.runs_dir)
-        write_text(run_dir / "config.yaml", cfg.to_yaml())
-        update_run(
-            run_dir,
-            run_id=run_dir.name,
-            created=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            project=cfg.project,
-            base_model=cfg.model.base_model,
-            method=t.method,
-            device=choice.device,
-            dtype=str(choice.dtype).replace("torch.", ""),
-            dataset_hash=dataset_hash,
-            dataset_dir=str(dataset_dir),
-            code_version=_code_version(),
-        )
+        run_dir = start_run(cfg, choice.device, choice.dtype, dataset_hash=dataset_hash,
+                            dataset_dir=str(dataset_dir))
     assert run_dir is not None
     update_run(run_dir, status="running")
 
@@ -333,16 +300,9 @@ def train(
             import json
 
             start_epoch = float(json.loads(state_file.read_text()).get("epoch") or 0.0)
-    started = time.perf_counter()
-    try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except KeyboardInterrupt:
-        update_run(run_dir, status="interrupted")
-        raise
-    except Exception:
-        update_run(run_dir, status="failed")
-        raise
-    runtime = time.perf_counter() - started
+    output, runtime = run_trainer(
+        run_dir, lambda: trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    )
 
     out_dir = run_dir / ("model" if t.method == "full" else "adapter")
     trainer.save_model(str(out_dir))

@@ -133,25 +133,16 @@ def create_app(config_path: str | Path, *, admin_key: str | None = None, serve_e
             return resp
         return wb.render(request, "error.html", 401, title="Wrong key", message="That is not this workbench's key.")
 
-    @app.exception_handler(UIError)
-    async def _ui_error(request: Request, exc: UIError) -> Response:
-        return _error(wb, request, exc.status, str(exc))
+    # Exceptions the pages raise, and the status each answers with (None: the exception's own `status`).
+    statuses: dict[type[Exception], int | None] = {UIError: None, RunGone: 404, Forbidden: None, JobConflict: 409,
+                                                    TailorError: 400}
 
-    @app.exception_handler(RunGone)
-    async def _gone(request: Request, exc: RunGone) -> Response:
-        return _error(wb, request, 404, str(exc))
+    async def _known(request: Request, exc: Exception) -> Response:
+        status = next(statuses[k] for k in type(exc).__mro__ if k in statuses)  # the most specific class wins
+        return _error(wb, request, status if status is not None else exc.status, str(exc))  # type: ignore[attr-defined]
 
-    @app.exception_handler(Forbidden)
-    async def _forbidden(request: Request, exc: Forbidden) -> Response:
-        return _error(wb, request, exc.status, str(exc))
-
-    @app.exception_handler(JobConflict)
-    async def _conflict(request: Request, exc: JobConflict) -> Response:
-        return _error(wb, request, 409, str(exc))
-
-    @app.exception_handler(TailorError)
-    async def _tailor(request: Request, exc: TailorError) -> Response:
-        return _error(wb, request, 400, str(exc))
+    for cls in statuses:
+        app.add_exception_handler(cls, _known)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
