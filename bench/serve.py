@@ -29,6 +29,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -364,6 +365,8 @@ def report(args, runs: dict, rss: dict, raw: dict | None, loads: list[float], th
             f"{cell(c, 'c8', 'ttft_p50_s', '{:.2f}')} / {cell(c, 'c8', 'ttft_p95_s', '{:.2f}')} | {cell(c, 'c32')} | "
             f"{cell(c, 'c32', 'ttft_p50_s', '{:.2f}')} / {cell(c, 'c32', 'ttft_p95_s', '{:.2f}')} | "
             f"{cell(c, 'adapters4_c8')} | {summary[c].get('peak_rss_mb', {}).get('median', '—')} |")
+    policy = f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} " if "OMP_WAIT_POLICY" in os.environ else ""
+    reproduce = f"{policy}python bench/serve.py {shlex.join(sys.argv[1:])}"
     loaded = ("**Measured on a loaded machine** (1-minute load average reached "
               f"{load:.2f} on {threads} cores)." if load > 1.5 else f"1-minute load average at most {load:.2f}.")
     md = (f"# Serving over HTTP (bench/serve.py)\n\nThe packaged SmolLM2-135M-Instruct, {threads} threads, "
@@ -371,8 +374,8 @@ def report(args, runs: dict, rss: dict, raw: dict | None, loads: list[float], th
           f"`openai` SDK as client. Median (min–max) of {args.repeats} repeats; configurations alternate within each "
           f"repeat. {loaded}\n\n" + "\n".join(lines) + "\n\nRatios (medians): "
           + ", ".join(f"{k} = {v}" for k, v in ratios.items())
-          + "\n\nReproduce: `python bench/serve.py --repeats 3 --llama-server PATH` (see `--help` for the "
-          "llama-server build).\n")
+          + f"\n\nOpenMP wait policy of both llama.cpp servers: {os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}."
+          + f"\n\nReproduce: `{reproduce}` (see `--help` for the llama-server build).\n")
     (args.out / "serve.md").write_text(md)
     print(md)
 
