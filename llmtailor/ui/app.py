@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -143,6 +144,15 @@ def create_app(config_path: str | Path, *, admin_key: str | None = None, serve_e
 
     for cls in statuses:
         app.add_exception_handler(cls, _known)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        """A malformed query or form value (`?page=abc`): a 400 naming the field, not FastAPI's raw 422 JSON."""
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ())[1:]) or "request"
+            problems.append(f"{where}: {err.get('msg', 'invalid')} (got {err.get('input')!r})")
+        return _error(wb, request, 400, "; ".join(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:

@@ -20,6 +20,7 @@ from llmtailor.registry.db import STAGES, Deployment, Registry
 from llmtailor.registry.hooks import sync_run
 from llmtailor.runs import list_runs
 from llmtailor.ui import audit
+from llmtailor.ui import lineage as lg
 from llmtailor.ui.app import UIError
 
 router = APIRouter()
@@ -72,6 +73,35 @@ async def registry_page(request: Request, done: str = "") -> HTMLResponse:
     return wb.render(request, "registry.html", title="Registry and lineage", done=done, **data)
 
 
+def _lineage(wb: Any, item: str) -> dict[str, Any]:
+    _sync_runs(wb)
+    cfg = wb.config()
+    if not item:  # the newest adapter, else the newest item of any kind
+        newest = wb.registry.adapters() or wb.registry.list()
+        if not newest:
+            raise UIError(404, "the registry is empty: train (or prepare) something first")
+        item = str(newest[-1]["id"])
+    try:
+        return lg.graph_for(wb.registry, cfg, item)
+    except TailorError as e:
+        raise UIError(404, f"item: {e}") from None
+
+
+@router.get("/lineage", response_class=HTMLResponse)
+async def lineage_page(request: Request, item: str = "") -> HTMLResponse:
+    """Every recorded edge into and out of one item: parent adapters, merges, exports, indexes, aliases."""
+    wb = request.app.state.wb
+    graph = await asyncio.to_thread(_lineage, wb, item)
+    items = await asyncio.to_thread(wb.registry.list)
+    return wb.render(request, "lineage.html", title=f"Lineage of {graph['root']}", graph=graph,
+                     chart=lg.svg(graph), items=[(i["kind"], str(i["id"])) for i in reversed(items)])
+
+
+@router.get("/api/lineage")
+async def lineage_api(request: Request, item: str = "") -> dict[str, Any]:
+    return await asyncio.to_thread(_lineage, request.app.state.wb, item)
+
+
 def _number(value: Any, field: str) -> float:
     try:
         return float(value)
@@ -93,7 +123,12 @@ async def promote(request: Request) -> RedirectResponse:
         raise UIError(400, "adapter: choose an adapter to deploy")
     if mode not in MODES:
         raise UIError(400, f"mode: {mode!r} is not one of {', '.join(MODES)}")
+    if stage not in STAGES:
+        raise UIError(400, f"stage: {stage!r} is not one of {', '.join(STAGES)}")
     canary = _number(form.get("percent"), "percent") if mode == "canary" else None
+    if canary is not None and not 0 < canary < 100:
+        raise UIError(400, f"percent: a canary gets between 0 and 100 percent of the traffic (exclusive), "
+                           f"got {canary:g}")
     if force and (not who or not why):
         wb.audit(request, mode, f"{adapter} -> {stage} ({mode})", "refused", reason="force without who and why")
         raise UIError(400, "force: a forced promotion must say who forces it and why (both fields)")
@@ -131,6 +166,8 @@ async def rollback(request: Request) -> RedirectResponse:
     form = await wb.guard.form(request)
     stage = str(form.get("stage") or "production")
     expected = form.get("expected")
+    if stage not in STAGES:
+        raise UIError(400, f"stage: {stage!r} is not one of {', '.join(STAGES)}")
 
     def act() -> dict[str, Any]:
         with wb.promote_lock:

@@ -27,6 +27,13 @@ async def runs_page(request: Request) -> HTMLResponse:
     return wb.render(request, "runs.html", title="Runs", runs=rows, runs_dir=str(cfg.runs_dir))
 
 
+@router.get("/api/runs")
+async def runs_api(request: Request) -> dict[str, Any]:
+    """The runs table as JSON, polled by the runs page so new and running runs update without a reload."""
+    cfg = request.app.state.wb.config()
+    return {"runs": await asyncio.to_thread(rv.all_summaries, cfg.runs_dir)}
+
+
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 async def run_page(request: Request, run_id: str) -> HTMLResponse:
     wb = request.app.state.wb

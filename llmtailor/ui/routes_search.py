@@ -95,6 +95,7 @@ async def retrieval_page(request: Request, q: str = "", index: str = "", mode: s
     indexes = index_dirs(cfg)
     results: list[dict[str, Any]] = []
     error = None
+    index = index or (indexes[0] if indexes else "")  # a shared /retrieval?q=... link searches the first index
     if q:
         if index not in indexes:
             raise UIError(400, f"index: {index!r} is not one of this project's indexes")

@@ -73,19 +73,42 @@ def summary(run_dir: Path) -> dict[str, Any]:
     headline = res.get("headline_metric")
     variants = res.get("variants") or {}
     tuned = variants.get("tuned") or {}
-    return {
+    status = info.get("status", "unknown")
+    steps, loss = info.get("steps"), info.get("final_loss")
+    if status == "running":  # run.json gets steps and final loss at the end; until then, the newest logged point
+        points, _ = curve(run_dir)
+        if points:
+            steps, loss = points[-1]
+    row = {
         "id": run_dir.name,
-        "status": info.get("status", "unknown"),
+        "status": status,
         "method": info.get("method"),
         "dataset": (info.get("dataset_hash") or "")[:12],
-        "steps": info.get("steps"),
+        "steps": steps,
         "tokens_per_s": info.get("train_tokens_per_s"),
-        "final_loss": info.get("final_loss"),
+        "final_loss": loss,
         "headline": headline,
         "headline_value": tuned.get(headline) if headline else None,
         "gates": gates_passed(res, info),
         "created": info.get("created", ""),
     }
+    return row | {"cells": cells(row)}
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else ""
+
+
+def cells(row: dict[str, Any]) -> dict[str, str]:
+    """The runs table's text for one row, formatted once here so the page and its live refresh (app.js) agree."""
+    headline = ""
+    if row["headline"]:
+        value = _fmt(row["headline_value"], ".3f") or "–"
+        headline = f"{row['headline']} {value}"
+    return {"method": str(row["method"] or ""), "dataset": row["dataset"],
+            "steps": str(row["steps"]) if row["steps"] is not None else "",
+            "tokens_per_s": _fmt(row["tokens_per_s"], ".0f"), "final_loss": _fmt(row["final_loss"], ".4f"),
+            "headline": headline, "created": str(row["created"] or "")}
 
 
 def all_summaries(runs_dir: Path) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,39 @@ def test_start_a_training_watch_the_curve_then_stop_it(site):
     assert d.find_element(By.ID, "resume-button").is_enabled()
 
 
+def test_runs_table_shows_a_cli_training_appear_and_complete_without_a_reload(site):
+    d, project = site["driver"], site["project"]
+    runs_dir = project["cfg"].runs_dir
+    d.get(site["url"] + "/")
+    known = {r.get_attribute("data-run") for r in d.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr")}
+    d.execute_script("window.notReloaded = true")  # gone if the page reloads
+    log = (runs_dir.parent / "cli-train.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "llmtailor.cli.main", "train", "-c", str(project["config"]),
+                             "--max-steps", "3"], stdout=log, stderr=subprocess.STDOUT, cwd=str(project["root"]))
+    try:
+        def new_row(d):
+            rows = d.find_elements(By.CSS_SELECTOR, "#runs-table tbody tr[data-run]")
+            return next((r for r in rows if r.get_attribute("data-run") not in known), None)
+
+        row = wait(d, new_row, timeout=120)
+        run_id = row.get_attribute("data-run")
+        wait(d, lambda d: row.get_attribute("data-status") == "completed", timeout=240)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+        log.close()
+    assert d.execute_script("return window.notReloaded") is True
+    assert row.find_element(By.CSS_SELECTOR, ".c-steps").text == "3"
+    assert row.find_element(By.CSS_SELECTOR, ".c-tokens_per_s").text  # filled in when the run completed
+    assert read_run(runs_dir / run_id)["status"] == "completed"
+    shot(d, "runs-live")
+    shutil.rmtree(runs_dir / run_id)  # a run folder deleted while the page shows it: the row says so
+    wait(d, lambda d: row.get_attribute("data-status") == "deleted", timeout=30)
+    assert row.find_element(By.CSS_SELECTOR, ".run-select").get_attribute("disabled")
+
+
 def _form(d, adapter: str):
     return d.find_element(By.CSS_SELECTOR, f'.adapter[data-adapter="{adapter}"] form')
 
@@ -187,3 +222,21 @@ def test_data_rows_are_shown_as_text_not_run(site):
     assert SCRIPT in d.find_element(By.ID, "rows").text  # shown literally, never executed
     assert d.execute_script("return document.querySelectorAll('#rows script').length") == 0
     shot(d, "data")
+
+
+def test_lineage_graph_follows_adapter_chains(site):
+    from tests.ui.test_ui_lineage import add_adapter_chain
+
+    d = site["driver"]
+    add_adapter_chain(site["project"])
+    d.get(site["url"] + "/registry")
+    d.find_element(By.CSS_SELECTOR, '.adapter[data-adapter="ad-run-dpo"] a.graph-link').click()
+    wait(d, lambda d: "/lineage" in d.current_url)
+    edges = d.find_element(By.ID, "lineage-edges").text
+    assert "init_adapter of dpo" in edges and "merged into" in edges and "exported as gguf" in edges
+    assert d.find_elements(By.CSS_SELECTOR, '#lineage-svg g.node.rel-self[data-id="ad-run-dpo"]')
+    shot(d, "lineage")
+    d.find_element(By.CSS_SELECTOR, '#lineage-svg g.node[data-id="ad-run-merged"] rect').click()  # re-centre
+    wait(d, lambda d: d.find_elements(By.CSS_SELECTOR, '#lineage-svg g.node.rel-self[data-id="ad-run-merged"]'))
+    nodes = {n.get_attribute("data-id") for n in d.find_elements(By.CSS_SELECTOR, "#lineage-svg g.node")}
+    assert {"ad-run-b", "ad-run-dpo", "ad-run-a"} <= nodes  # both merge parents and the SFT grandparent

@@ -231,6 +231,91 @@ function playground() {
   });
 }
 
+const RUN_CELLS = ["method", "dataset", "steps", "tokens_per_s", "final_loss", "headline", "created"];
+const RUNS_POLL_MS = 2000;
+
+function td(cls, child) {
+  const cell = document.createElement("td");
+  cell.className = cls;
+  if (child !== undefined) cell.append(child);
+  return cell;
+}
+
+function newRunRow(r) {
+  // The same cells runs.html renders, built as text: ids and values from run folders never become HTML.
+  const tr = document.createElement("tr");
+  tr.dataset.run = r.id;
+  const box = document.createElement("input");
+  box.type = "checkbox"; box.name = "ids"; box.value = r.id; box.className = "run-select";
+  const link = document.createElement("a");
+  link.href = `/runs/${encodeURIComponent(r.id)}`;
+  link.textContent = r.id;
+  tr.append(td("", box), td("", link), td("c-status", document.createElement("span")));
+  RUN_CELLS.forEach((k) => tr.append(td(`c-${k}`, k === "dataset" ? document.createElement("code") : undefined)));
+  tr.querySelector(".c-created").before(td("c-gates", document.createElement("span")));
+  return tr;
+}
+
+function fillRunRow(tr, r) {
+  tr.dataset.status = r.status;
+  tr.classList.remove("gone");
+  const status = tr.querySelector(".c-status span");
+  status.className = `status status-${r.status}`;
+  status.textContent = r.status;
+  RUN_CELLS.forEach((k) => {
+    const cell = tr.querySelector(`.c-${k}`);
+    (cell.firstElementChild || cell).textContent = r.cells[k];
+  });
+  const gates = tr.querySelector(".c-gates span");
+  gates.className = r.gates === true ? "pass" : r.gates === false ? "fail" : "muted";
+  gates.textContent = r.gates === true ? "pass" : r.gates === false ? "FAIL" : "none";
+}
+
+function runsPoll() {
+  // Light polling of /api/runs (as the jobs list does): runs started from the CLI or the UI appear, running rows
+  // update their status, steps and loss, and a deleted run folder is marked as such, all without a reload.
+  const body = document.getElementById("runs-body");
+  if (!body) return;
+  const filter = document.getElementById("run-filter");
+  const tick = async () => {
+    try {
+      if (document.hidden) return;
+      const r = await fetch(body.dataset.live);
+      if (!r.ok) return;
+      const seen = new Set();
+      (await r.json()).runs.forEach((run) => {
+        seen.add(run.id);
+        let tr = Array.from(body.rows).find((row) => row.dataset.run === run.id);
+        if (!tr) {
+          tr = newRunRow(run);
+          body.prepend(tr);  // newest first, as the page is rendered
+        }
+        fillRunRow(tr, run);
+      });
+      body.querySelectorAll("tr.no-runs").forEach((row) => { if (seen.size) row.remove(); });
+      Array.from(body.rows).forEach((row) => {
+        if (!row.dataset.run || seen.has(row.dataset.run) || row.classList.contains("gone")) return;
+        row.classList.add("gone");  // its folder was deleted since the page was shown
+        row.dataset.status = "deleted";
+        const status = row.querySelector(".c-status span");
+        status.className = "status status-deleted";
+        status.textContent = "deleted";
+        const box = row.querySelector(".run-select");
+        box.checked = false;
+        box.disabled = true;
+        box.dispatchEvent(new Event("change", { bubbles: true }));
+      });
+      if (filter && filter.value) filter.dispatchEvent(new Event("input"));
+      body.dataset.refreshed = String(Date.now());
+    } catch (err) {
+      /* the server restarting or the network dropping: try again on the next tick */
+    } finally {
+      setTimeout(tick, RUNS_POLL_MS);
+    }
+  };
+  setTimeout(tick, RUNS_POLL_MS);
+}
+
 function jobsPoll() {
   const jobs = document.getElementById("jobs");
   if (!jobs || !jobs.querySelector('[data-running="yes"]')) return;
@@ -254,6 +339,7 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll("table.sortable").forEach(makeSortable);
   document.querySelectorAll("[data-filter-table]").forEach(makeFilter);
   compareButton();
+  runsPoll();
   liveChart();
   playground();
   jobsPoll();
