@@ -7,14 +7,21 @@ reference). Then --clients concurrent streaming clients (httpx, async) send --re
 the adapters and the RAG alias and over the two keys; about --disconnect of them hang up after a few chunks.
 
 Measured: latency and time to first token (p50/p95/p99) of the completed requests; statuses (anything but 200 is
-an error, except 503 from a full queue, counted apart); the server's RSS after warm-up, after request 200, at the end,
-and its peak; the server's own count of cancelled requests (disconnects must stop decoding).
+an error, except 503 from a full queue, counted apart); the server's own count of cancelled requests (disconnects must
+stop decoding); the server's RSS after warm-up, after every --checkpoint requests, at the end, and its peak. Memory
+is read as warm-up vs leak: a leak keeps its slope, warm-up flattens, so the report gives the growth of the first
+half and of the second half of the run and the second half's least-squares slope (MB per 1,000 requests).
+--trace-memory (diagnosis, off by default) starts the server under tracemalloc and makes it dump, at every
+checkpoint, gc object counts by type and a tracemalloc snapshot (on SIGUSR1); the report lists the Python objects
+and allocation sites that grew between the first checkpoint and the last, and the Python heap's own growth, so
+growth in native memory (llama.cpp, the allocator) is told apart from Python objects kept per request.
 Cross-talk check: every prompt carries a secret number unique to that request, which the model repeats. (1) No
 answer may contain another request's number. (2) For every --sample-th request, the streamed answer must equal,
 character for character, the answer the same prompt got alone before the load (greedy decoding), so a mixed-up KV
 cache, slot or adapter shows.
 
     python bench/serve_load.py [--engine transformers] [--requests 1000] [--clients 64] [--max-tokens 16]
+                               [--checkpoint 200] [--trace-memory] [--out DIR]
 
 Results: bench/results/serve_load.{json,md} (with --engine transformers: serve_load_transformers.*).
 """
@@ -27,6 +34,7 @@ import json
 import os
 import random
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -52,6 +60,33 @@ DOCS = [
 QUESTIONS = ["How long do refunds take?", "When do orders ship?", "Can I return an item?", "How do I reach support?",
              "What does the warranty cover?"]
 CODE = re.compile(r"\d{5,}")
+
+# Runs `tailor serve`; each SIGUSR1 writes gc type counts as dump-N.json and a tracemalloc snapshot as dump-N.pickle
+# into $LLMTAILOR_MEMTRACE_DIR. tracemalloc starts at the first signal (after the warm-up: under tracemalloc the
+# start-up imports take minutes), so a snapshot holds what was allocated since then and is still alive.
+TRACE_WRAPPER = r"""
+import collections, gc, json, os, runpy, signal, sys, tracemalloc
+out = os.environ["LLMTAILOR_MEMTRACE_DIR"]
+seen = [0]
+def dump(signum, frame):
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(int(os.environ.get("LLMTAILOR_MEMTRACE_FRAMES", "6")))
+    n = seen[0]
+    seen[0] += 1
+    gc.collect()
+    objs = gc.get_objects()
+    types = collections.Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in objs)
+    del objs
+    traced, peak = tracemalloc.get_traced_memory()
+    tracemalloc.take_snapshot().dump(f"{out}/dump-{n}.pickle")
+    with open(f"{out}/.dump-{n}.json", "w") as f:
+        json.dump({"traced_mb": traced / 2**20, "objects": sum(types.values()), "types": types,
+                   "garbage": len(gc.garbage)}, f)
+    os.replace(f"{out}/.dump-{n}.json", f"{out}/dump-{n}.json")
+signal.signal(signal.SIGUSR1, dump)
+sys.argv = ["tailor", *sys.argv[1:]]
+runpy.run_module("llmtailor.cli.main", run_name="__main__", alter_sys=True)
+"""
 
 
 def code_for(i: int) -> str:
@@ -185,6 +220,72 @@ async def drive(base: str, keys: list[str], reqs: list[dict], clients: int, max_
     return out
 
 
+def await_dump(trace_dir: Path, count: int, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Wait until the server has written its `count`-th memory dump (gc walk + snapshot take seconds)."""
+    if count == 0:
+        return
+    t0 = time.time()
+    while not (trace_dir / f"dump-{count - 1}.json").exists():
+        if proc.poll() is not None or time.time() - t0 > timeout:
+            raise RuntimeError(f"the server wrote no memory dump {count - 1} (exit code {proc.poll()})")
+        time.sleep(0.5)
+
+
+def slope(points: list[tuple[int, float]]) -> float | None:
+    """Least-squares slope of (requests, MB), in MB per 1,000 requests."""
+    if len(points) < 2:
+        return None
+    mx = statistics.mean(n for n, _ in points)
+    my = statistics.mean(v for _, v in points)
+    den = sum((n - mx) ** 2 for n, _ in points)
+    return round(1000 * sum((n - mx) * (v - my) for n, v in points) / den, 1) if den else None
+
+
+def growth(marks: dict[int, float | None], total: int) -> dict:
+    """Warm-up or leak: RSS growth and slope over the first and the second half of the checkpoints (they share the
+    middle one). Warm-up (caches, allocator arenas, slots and adapters touched for the first time) flattens, so
+    its second-half slope is a small part of the first's; a leak grows by the same amount per request throughout."""
+    pts = sorted((n, v) for n, v in marks.items() if v is not None)
+    if len(pts) < 3:
+        return {}
+    mid = len(pts) // 2
+    first, second = pts[: mid + 1], pts[mid:]
+    s1, s2 = slope(first), slope(second)
+    flat = s2 is not None and (s2 <= 5.0 or (s1 is not None and s1 > 0 and s2 <= 0.25 * s1))
+    return {"first_half": [first[0][0], first[-1][0]], "growth_first_half": round(first[-1][1] - first[0][1], 1),
+            "growth_second_half": round(second[-1][1] - second[0][1], 1), "slope_first_half_per_1000": s1,
+            "slope_second_half_per_1000": s2,
+            "reading": ("flattens: warm-up (second-half slope <= 5 MB or <= 1/4 of the first half's per 1,000 "
+                        "requests)" if flat else "keeps growing in the second half: a leak unless it flattens in "
+                        "a longer run")}
+
+
+def trace_report(trace_dir: Path, dumps: list[int], top: int = 15) -> dict:
+    """What grew between the first load checkpoint and the last: the Python heap (tracemalloc), object counts by
+    type (gc), and the allocation sites (tracemalloc, by line). Dump 0 (before the load) shows the warm-up."""
+    import tracemalloc
+
+    info = [json.loads((trace_dir / f"dump-{i}.json").read_text()) for i in range(len(dumps))]
+    out: dict = {"at_requests": dumps, "python_alive_since_warmup_mb": [round(d["traced_mb"], 1) for d in info],
+                 "gc_objects": [d["objects"] for d in info], "gc_garbage": [d["garbage"] for d in info]}
+    if len(dumps) < 3:
+        return out
+    a, b = info[1], info[-1]
+    grew = sorted(((t, b["types"].get(t, 0) - a["types"].get(t, 0)) for t in set(a["types"]) | set(b["types"])),
+                  key=lambda x: -x[1])
+    out["types_grown"] = [{"type": t, "counts": [d["types"].get(t, 0) for d in info]} for t, n in grew[:top] if n > 0]
+    skip = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>")]
+    old = tracemalloc.Snapshot.load(str(trace_dir / "dump-1.pickle")).filter_traces(skip)
+    new = tracemalloc.Snapshot.load(str(trace_dir / f"dump-{len(dumps) - 1}.pickle")).filter_traces(skip)
+    out["sites_grown"] = [{"site": f"{st.traceback[0].filename}:{st.traceback[0].lineno}",
+                           "kb": round(st.size_diff / 1024, 1), "blocks": st.count_diff}
+                          for st in new.compare_to(old, "lineno")[:top] if st.size_diff > 0]
+    out["stacks_grown"] = [{"kb": round(st.size_diff / 1024, 1), "blocks": st.count_diff,
+                            "stack": [f"{f.filename}:{f.lineno}" for f in st.traceback]}
+                           for st in new.compare_to(old, "traceback")[:5] if st.size_diff > 0]
+    return out
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -211,6 +312,9 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=10, help="compare every N-th answer with its answer alone")
     ap.add_argument("--adapters", type=int, default=3)
     ap.add_argument("--threads", type=int, help="serve.llamacpp_threads (default: every core)")
+    ap.add_argument("--checkpoint", type=int, default=200, help="record RSS (and dump with --trace-memory) every N")
+    ap.add_argument("--trace-memory", action="store_true",
+                    help="diagnosis: server under tracemalloc, dumps gc counts and snapshots at every checkpoint")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-load-"))
@@ -222,9 +326,15 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "llmtailor.cli.main", "serve", "-c", str(config), "--engine",
-                             args.engine, "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    trace_dir = tmp / "memtrace"
+    launch = [sys.executable, "-m", "llmtailor.cli.main"]
+    if args.trace_memory:
+        trace_dir.mkdir()
+        env["LLMTAILOR_MEMTRACE_DIR"] = str(trace_dir)
+        launch = [sys.executable, "-c", TRACE_WRAPPER]
+    proc = subprocess.Popen([*launch, "serve", "-c", str(config), "--engine", args.engine, "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    dumps: list[int] = []  # request count at each memory dump (0: after warm-up), in dump order
     samples: list[tuple[float, float]] = []
     stop_sampling = threading.Event()
 
@@ -250,9 +360,18 @@ def main() -> None:
         cancelled_before = cancelled_count(base, keys["operator"])
         marks: dict[int, float | None] = {}
 
+        def dump_memory(n: int) -> None:
+            if args.trace_memory:
+                dumps.append(n)
+                os.kill(proc.pid, signal.SIGUSR1)
+
+        dump_memory(0)
+        await_dump(trace_dir, len(dumps), proc)
+
         def on_done(n: int) -> None:
-            if n % 200 == 0 or n == args.requests:
+            if n % args.checkpoint == 0 or n == args.requests:
                 marks[n] = rss_mb(proc.pid)
+                dump_memory(n)
             if n % 50 == 0:
                 print(f"{n}/{args.requests} requests done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
 
@@ -264,6 +383,8 @@ def main() -> None:
         load_after = os.getloadavg()[0]
         stop_sampling.set()
         time.sleep(1.0)  # let the server notice the last hang-ups
+        if args.trace_memory:
+            await_dump(trace_dir, len(dumps), proc)
         cancelled = cancelled_count(base, keys["operator"]) - cancelled_before
         rss_end = rss_mb(proc.pid)
         peak = rss_mb(proc.pid, "VmHWM")
@@ -308,7 +429,9 @@ def main() -> None:
             "growth_200_to_last": (round(marks[args.requests] - marks[200], 1)
                                    if marks.get(200) and marks.get(args.requests) else None),
             "after_request_n": {str(k): round(v, 1) for k, v in sorted(marks.items()) if v is not None},
+            **growth(marks, args.requests),
             "samples_every_5s": [round(v, 1) for _, v in samples[::10]]},
+        "memory_trace": trace_report(trace_dir, dumps) if args.trace_memory else None,
         "crosstalk": {"answers_checked_for_foreign_codes": len(ok), "foreign_codes": foreign,
                       "answers_echoing_their_code": echoed, "compared_with_alone": len(compared),
                       "mismatched": mismatched[:20], "mismatch_count": len(mismatched),
@@ -355,6 +478,9 @@ API keys; {res['disconnect_share']:.0%} of the clients hang up after 1-4 chunks.
 | server RSS after warm-up / after request 200 / after the last / peak | {rss} MB |
 | RSS growth from request 200 to the last | {r['growth_200_to_last']} MB |
 | RSS after request n (MB) | {', '.join(f"{k}: {v:.0f}" for k, v in r['after_request_n'].items())} |
+| RSS growth, first / second half of the checkpoints | {r.get('growth_first_half')} / {r.get('growth_second_half')} MB |
+| RSS slope, first / second half (MB per 1,000 requests) | {r.get('slope_first_half_per_1000')} / \
+{r.get('slope_second_half_per_1000')}: {r.get('reading', 'too few checkpoints')} |
 | answers naming another request's number | {len(c['foreign_codes'])} of {c['answers_checked_for_foreign_codes']} |
 | answers repeating their own number | {c['answers_echoing_their_code']} of {c['answers_checked_for_foreign_codes']} |
 | sampled answers equal to the same prompt answered alone | {same} of {c['compared_with_alone']} |
@@ -363,7 +489,24 @@ API keys; {res['disconnect_share']:.0%} of the clients hang up after 1-4 chunks.
 Cross-talk is checked twice: each prompt carries a secret number unique to its request (the model repeats it), and
 no answer may contain another request's number; and every sampled answer (every 10th request that did not hang up)
 must equal, character for character, the answer the same prompt got alone before the load.
-"""
+""" + trace_md(res.get("memory_trace"))
+
+
+def trace_md(t: dict | None) -> str:
+    """The --trace-memory section: Python heap and object counts at each dump, and what grew."""
+    if not t:
+        return ""
+    lines = ["", "## Memory trace (--trace-memory: tracemalloc on, so RSS and latency here are not the plain run's)",
+             "", f"At requests {t['at_requests']} (0: after warm-up, before the load): Python memory allocated "
+             f"since the warm-up and still alive (tracemalloc) {t['python_alive_since_warmup_mb']} MB; gc-tracked "
+             f"objects {t['gc_objects']}; uncollectable {t['gc_garbage']}.", ""]
+    if t.get("types_grown"):
+        lines += ["Object types that grew from the first load checkpoint to the last (count at each dump):", ""]
+        lines += [f"- `{x['type']}`: {x['counts']}" for x in t["types_grown"]]
+    if t.get("sites_grown"):
+        lines += ["", "Allocation sites that grew (first load checkpoint to the last):", ""]
+        lines += [f"- {x['kb']} KB in {x['blocks']} blocks: `{x['site']}`" for x in t["sites_grown"]]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

