@@ -9,7 +9,10 @@ caller, so every search carries the access filter, as in production.
 Measured in the same run, on the same data and callers, alternating query by query (the order rotates), in
 `--repeats` passes over the queries; each figure is the median over passes, with the min and max:
 - llmtailor: `Retriever.search(mode="hybrid", top_k=5)` on LanceDB as a long-lived process runs it (the in-memory
-  exact dense copy built), ACL prefilter in the BM25 query, rows read for the 5 results only.
+  snapshot built: exact dense, BM25 postings, result rows; the ACL a mask before top-k in both legs), both legs
+  in the calling thread; "two threads": the same with the legs in the Retriever's pool (does it help on 2 cores?).
+- llmtailor long-lived as before: the same snapshot without BM25 postings, the BM25 leg in Lance FTS with the ACL
+  as prefilter (in the same pass, so the two are compared on the same load).
 - llmtailor one-shot: the same search on a fresh store handle that never builds the in-memory copy (what the one
   search of `tailor rag query` runs: Lance's exact flat scan with the SQL prefilter, plus BM25).
 - llmtailor without read views: the generic path (as before this change, and as for Qdrant): dense from the vectors
@@ -115,6 +118,30 @@ class _NoViews:
         if name == "read_view":
             raise AttributeError(name)
         return getattr(self._store, name)
+
+
+class _TwoThreads:
+    """The store with views that claim not to be in memory, so the Retriever runs the two legs in its thread pool
+    (what it does when a leg goes to Lance): measures whether threads help when both legs are numpy."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def read_view(self):
+        return _NotInMemory(self._store.read_view())
+
+
+class _NotInMemory:
+    in_memory = False
+
+    def __init__(self, view):
+        self._view = view
+
+    def __getattr__(self, name):
+        return getattr(self._view, name)
 
 
 def synthetic(n: int, docs: list[str], rng: np.random.Generator):
@@ -250,9 +277,15 @@ def run_size(n: int, docs: list[str], queries: list[str], args, cold_index: bool
         t0 = time.perf_counter()
         store.warm()
         memory_build_s = time.perf_counter() - t0
+        # The long-lived path before the in-memory BM25: the same snapshot without postings, BM25 in Lance's FTS.
+        lance_fts = LanceDBStore(index_dir / "lancedb", DIM, ann_min_rows=10**9, memory="eager", memory_bm25=False)
+        t0 = time.perf_counter()
+        lance_fts.warm()
+        memory_build_dense_s = time.perf_counter() - t0
         one_shot = LanceDBStore(index_dir / "lancedb", DIM, ann_min_rows=10**9, memory="off")
-        # The generic path as before this change: dense from vectors in memory, rows of 2 x 50 candidates from Lance.
-        before = LanceDBStore(index_dir / "lancedb", DIM, ann_min_rows=10**9, memory="eager", memory_rows=False)
+        # The generic path as before read views: dense from vectors in memory, rows of 2 x 50 candidates from Lance.
+        before = LanceDBStore(index_dir / "lancedb", DIM, ann_min_rows=10**9, memory="eager", memory_rows=False,
+                              memory_bm25=False)
         before.warm()
         base_search, dense_exact, bm_build_s = baseline_factory(texts, metas, vecs)
         py = random.Random(args.seed)
@@ -265,11 +298,15 @@ def run_size(n: int, docs: list[str], queries: list[str], args, cold_index: bool
         cfg = RagConfig().search  # hybrid, candidates 50, rrf_k 60
         emb = VectorTable(table)
         ours = Retriever(_Index(store, emb), cfg)
+        threaded = Retriever(_Index(_TwoThreads(store), emb), cfg)
+        fts = Retriever(_Index(lance_fts, emb), cfg)
         cold = Retriever(_Index(one_shot, emb), cfg)
         generic = Retriever(_Index(_NoViews(before), emb), cfg)
         items = list(zip(qtexts, callers, strict=True))
         systems = {
             "llmtailor": lambda it: ours.search(it[0], caller=it[1], mode="hybrid", top_k=5),
+            "llmtailor_two_threads": lambda it: threaded.search(it[0], caller=it[1], mode="hybrid", top_k=5),
+            "llmtailor_lance_fts": lambda it: fts.search(it[0], caller=it[1], mode="hybrid", top_k=5),
             "llmtailor_one_shot": lambda it: cold.search(it[0], caller=it[1], mode="hybrid", top_k=5),
             "llmtailor_without_read_views": lambda it: generic.search(it[0], caller=it[1], mode="hybrid", top_k=5),
             "numpy_baseline": lambda it: base_search(it[0], table[it[0]], it[1]),
@@ -298,14 +335,32 @@ def run_size(n: int, docs: list[str], queries: list[str], args, cold_index: bool
         times, loads = alternate(systems, items, args.repeats, check)
         cpu = {name: summarize(v) for name, v in CPU_MS.items()}
         # What the access filter costs the BM25 leg (Lance FTS, top 50 ids): none / tenant only / the full ACL.
-        view = store.read_view()
+        view = lance_fts.read_view()
         tenant_only = {"no filter (not a valid search: measurement only)": lambda it: view.sparse(it[0], 50, None),
                        "tenant only": lambda it: view.sparse(it[0], 50, Cmp("tenant", "=", it[1].tenant)),
                        "full ACL (tenant, level, groups)": lambda it: view.sparse(it[0], 50, acl_filter(it[1]))}
+        mem_view = store.read_view()
+        tenant_only["in-memory BM25, full ACL as a mask (this change)"] = (
+            lambda it: mem_view.sparse(it[0], 50, acl_filter(it[1])))
         fts_times, fts_loads = alternate(tenant_only, items, args.repeats)
-        # Recall, outside the timed loop: dense top-5 vs exact numpy; hybrid top-5 vs exact dense + the same BM25.
-        dense_recall = {"llmtailor": [], "llmtailor_one_shot": []}
+        # How closely the in-memory BM25 ranks like Lance's FTS (same callers, ACL on): top-5 and top-50 id overlap,
+        # and the share of queries whose top-5 scores agree to 1e-4 (ties may be ordered differently).
+        overlap5, overlap50, same_scores = [], [], []
+        for q, caller in items:
+            flt = acl_filter(caller)
+            a, b = mem_view.sparse(q, 50, flt), view.sparse(q, 50, flt)
+            if b:
+                overlap5.append(len({r.id for r in a[:5]} & {r.id for r in b[:5]}) / len(b[:5]))
+                overlap50.append(len({r.id for r in a} & {r.id for r in b}) / len(b))
+                same_scores.append(len(a[:5]) == len(b[:5]) and all(
+                    abs(x.score - y.score) <= 1e-4 * max(1.0, abs(y.score)) for x, y in zip(a[:5], b[:5], strict=True)))
+        # Recall, outside the timed loop: dense top-5 vs exact numpy; hybrid top-5 vs exact dense fused with the
+        # system's own BM25 ranking (the snapshot's for the snapshot systems, Lance FTS's for the others: the two
+        # score alike but order tied scores differently), and vs exact dense + Lance FTS for every system.
+        dense_recall = {"llmtailor": [], "llmtailor_one_shot": []}  # the other long-lived systems share "llmtailor"'s
         hybrid_recall = {name: [] for name in leaks}
+        hybrid_recall_lance = {name: [] for name in leaks}
+        snapshot_bm25 = {"llmtailor", "llmtailor_two_threads"}
         for it in items:
             q, caller = it
             qv = table[q]
@@ -316,14 +371,18 @@ def run_size(n: int, docs: list[str], queries: list[str], args, cold_index: bool
                     got = [h.chunk.id for h in st.search_dense(qv, 5, flt)]
                     dense_recall[name].append(len(set(exact5) & set(got)) / len(exact5))
             exact_dense = [Ranked(f"c{i}", s) for i, s in dense_exact(qv, caller, cfg.candidates)]
-            fused = _fuse_ranked([(exact_dense, cfg.dense_weight, "dense"),
-                                  (view.sparse(q, cfg.candidates, flt), cfg.sparse_weight, "sparse")],
-                                 cfg.rrf_k, fuse=True)
-            exact_h = [f.id for f in fused[:5]]
-            if exact_h:
+            exact_h = {}
+            for key, v in (("lance", view), ("snapshot", mem_view)):
+                fused = _fuse_ranked([(exact_dense, cfg.dense_weight, "dense"),
+                                      (v.sparse(q, cfg.candidates, flt), cfg.sparse_weight, "sparse")],
+                                     cfg.rrf_k, fuse=True)
+                exact_h[key] = [f.id for f in fused[:5]]
+            if exact_h["lance"]:
                 for name in hybrid_recall:
-                    got = results[name].get(id(it), [])
-                    hybrid_recall[name].append(len(set(exact_h) & set(got)) / len(exact_h))
+                    got = set(results[name].get(id(it), []))
+                    own = exact_h["snapshot" if name in snapshot_bm25 else "lance"]
+                    hybrid_recall[name].append(len(set(own) & got) / len(own))
+                    hybrid_recall_lance[name].append(len(set(exact_h["lance"]) & got) / len(exact_h["lance"]))
         row = {
             "chunks": n,
             "queries": args.queries,
@@ -332,6 +391,11 @@ def run_size(n: int, docs: list[str], queries: list[str], args, cold_index: bool
             "write_s": round(write_s, 1),
             "index_build_s": round(index_s, 1),
             "memory_build_s": round(memory_build_s, 2),
+            "memory_build_dense_only_s": round(memory_build_dense_s, 2),
+            "bm25_vs_lance_fts": {"queries": len(overlap5),
+                                  "top5_overlap": round(float(np.mean(overlap5)), 4) if overlap5 else None,
+                                  "top50_overlap": round(float(np.mean(overlap50)), 4) if overlap50 else None,
+                                  "top5_same_scores": round(float(np.mean(same_scores)), 4) if same_scores else None},
             "baseline_bm25_build_s": round(bm_build_s, 1),
             "load_avg_1min": {"before": load_before, "per_pass": loads + fts_loads},
             "systems": {name: summarize(t) for name, t in times.items()},
@@ -342,6 +406,8 @@ def run_size(n: int, docs: list[str], queries: list[str], args, cold_index: bool
                                                   for k, v in dense_recall.items()},
             "hybrid_recall@5_vs_exact_hybrid": {k: round(float(np.mean(v)), 4) if v else None
                                                 for k, v in hybrid_recall.items()},
+            "hybrid_recall@5_vs_exact_hybrid_lance_bm25": {k: round(float(np.mean(v)), 4) if v else None
+                                                           for k, v in hybrid_recall_lance.items()},
             "sparse_leg_by_filter_ms": {k: summarize(v) for k, v in fts_times.items()},
             "acl_leaks_by_system": leaks,
             "results_served_by_system": served,
@@ -358,7 +424,7 @@ def run_size(n: int, docs: list[str], queries: list[str], args, cold_index: bool
         row["dense_recall@5_vs_exact"] = row["dense_recall@5_vs_exact_by_system"]["llmtailor"]
         row["acl_leaks"] = sum(leaks.values())
         row["results_served"] = sum(served.values())
-        for r in (ours, cold, generic):
+        for r in (ours, fts, cold, generic):
             r.close()
         if cold_index and not args.skip_cold:
             row["cold_cli"] = cold_cli(index_dir, store, qtexts, args)
@@ -610,7 +676,9 @@ def fmt(d: dict) -> str:
 
 
 LABELS = {
-    "llmtailor": "llmtailor (long-lived: in-memory exact dense + result rows)",
+    "llmtailor": "llmtailor (long-lived: in-memory snapshot: exact dense + BM25 + result rows)",
+    "llmtailor_two_threads": "same, the two legs in two threads",
+    "llmtailor_lance_fts": "llmtailor long-lived as before (in-memory dense + rows, BM25 in Lance FTS)",
     "llmtailor_one_shot": "llmtailor one-shot (first search of a process: Lance flat scan)",
     "llmtailor_without_read_views": "llmtailor as before (rows of all 2 x 50 candidates read from Lance)",
     "numpy_baseline": "numpy brute force + bm25s (baseline)",
@@ -631,7 +699,10 @@ def render(lat: dict) -> str:
         " groups, every query from a random caller. Search timings exclude the query embedding (below). CPU ="
         " the process's CPU time per search, all threads together (Lance's worker threads, the two legs): a loaded"
         " machine inflates it much less than wall time, and it over- rather than under-states an idle machine's"
-        " wall time (the legs overlap, and Lance's workers spin a little before they sleep).",
+        " wall time (the legs overlap, and Lance's workers spin a little before they sleep). Hybrid recall@5: against"
+        " exact dense search fused with the system's own BM25 ranking; in brackets, against exact dense fused with"
+        " Lance FTS's ranking (the in-memory BM25 gives the same scores, but the synthetic passages repeat, so many"
+        " scores tie and the two order ties differently).",
         "",
         "| chunks | system | p50 ms | p95 ms | CPU p50 ms | CPU p95 ms | dense recall@5 vs exact |"
         " hybrid recall@5 vs exact | ACL leaks |",
@@ -641,6 +712,9 @@ def render(lat: dict) -> str:
         for name, v in s["systems"].items():
             dr = s["dense_recall@5_vs_exact_by_system"].get(name)
             hr = s["hybrid_recall@5_vs_exact_hybrid"].get(name)
+            hl = s.get("hybrid_recall@5_vs_exact_hybrid_lance_bm25", {}).get(name)
+            if hr is not None and hl is not None and hl != hr:
+                hr = f"{hr} ({hl})"
             leaks = s["acl_leaks_by_system"].get(name)
             served = s["results_served_by_system"].get(name)
             u = s.get("cpu_ms", {}).get(name)
@@ -648,8 +722,8 @@ def render(lat: dict) -> str:
             lines.append(f"| {s['chunks']:,} | {LABELS.get(name, name)} | {fmt(v['p50'])} | {fmt(v['p95'])} | {cpu} | "
                          f"{'-' if dr is None else dr} | {'-' if hr is None else hr} | "
                          f"{'-' if leaks is None else f'{leaks} of {served}'} |")
-    lines += ["", "Where the time goes (ms, p50 / p95 over all passes; dense and sparse run in parallel, then the"
-              " rows of the results are read):", "",
+    lines += ["", "Where the time goes (ms, p50 / p95 over all passes; dense and sparse run one after the other on"
+              " the snapshot, in parallel threads otherwise, then the rows of the results are read):", "",
               "| chunks | system | dense | sparse (BM25) | both legs | read result rows |", "|---|---|---|---|---|---|"]
     for s in lat["sizes"]:
         for name, legs in s["legs_ms"].items():
@@ -657,14 +731,21 @@ def render(lat: dict) -> str:
                 return f"{legs[k]['p50']:.1f} / {legs[k]['p95']:.1f}" if k in legs else "-"
             lines.append(f"| {s['chunks']:,} | {LABELS.get(name, name)} | {cell('dense_ms')} | {cell('sparse_ms')} |"
                          f" {cell('search_ms')} | {cell('fetch_ms')} |")
-    lines += ["", "The BM25 leg alone (Lance full-text search, top 50 ids) with and without the access filter in its"
-              " prefilter (ms):", "", "| chunks | prefilter | p50 ms | p95 ms |", "|---|---|---|---|"]
+    lines += ["", "The BM25 leg alone (top 50 ids): Lance full-text search with and without the access filter in its"
+              " prefilter, and the in-memory BM25 with the filter as a mask (ms):", "",
+              "| chunks | BM25 / filter | p50 ms | p95 ms |", "|---|---|---|---|"]
     for s in lat["sizes"]:
         for name, v in s.get("sparse_leg_by_filter_ms", {}).items():
             lines.append(f"| {s['chunks']:,} | {name} | {fmt(v['p50'])} | {fmt(v['p95'])} |")
+    lines += ["", "In-memory BM25 against Lance FTS (same queries and callers, ACL on; ties may be ordered"
+              " differently): " + "; ".join(
+        f"{s['chunks']:,} chunks: top-5 id overlap {o['top5_overlap']}, top-50 {o['top50_overlap']}, top-5 scores"
+        f" equal (to 1e-4) in {o['top5_same_scores']:.0%} of {o['queries']} queries"
+        for s in lat["sizes"] if (o := s.get("bm25_vs_lance_fts"))) + "."]
     lines += ["", "Build times: " + "; ".join(
-        f"{s['chunks']:,} chunks: write {s['write_s']} s, FTS + scalar indexes {s['index_build_s']} s, in-memory dense"
-        f" copy {s['memory_build_s']} s (a long-lived process builds it in the background; a one-shot one never)"
+        f"{s['chunks']:,} chunks: write {s['write_s']} s, FTS + scalar indexes {s['index_build_s']} s, in-memory"
+        f" snapshot {s['memory_build_s']} s ({s.get('memory_build_dense_only_s', '-')} s without the BM25 postings;"
+        " a long-lived process builds it in the background, a one-shot one never)"
         for s in lat["sizes"]) + "."]
     target = [s for s in lat["sizes"] if s["chunks"] >= 100_000]
     if target:

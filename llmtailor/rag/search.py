@@ -268,7 +268,7 @@ class Retriever:
                 jobs.append(("dense", cfg.dense_weight, (view.dense, qvecs[i], k, flt)))
             if mode in ("sparse", "hybrid"):
                 jobs.append(("sparse", cfg.sparse_weight, (view.sparse, q, k, flt)))
-            if self._pool is not None and len(jobs) > 1:
+            if self._pool is not None and len(jobs) > 1 and not getattr(view, "in_memory", False):
                 futures = [(kind, w, self._pool.submit(timed, kind, *job)) for kind, w, job in jobs[1:]]
                 first = jobs[0]
                 rankings.append((timed(first[0], *first[2]), first[1], first[0]))
@@ -289,7 +289,7 @@ class Retriever:
             chunks = view.chunks([f.ranked() for f in batch], flt)
             for f in batch:
                 c = chunks.get(f.id)
-                if c is not None:  # never None unless the filter re-check dropped it (see _View.chunks)
+                if c is not None:  # never None unless the filter re-check dropped it (see lance_view.View.chunks)
                     hits.append(Hit(c, f.score, f.dense, f.sparse, f.rank_dense, f.rank_sparse))
         timings["fetch_ms"] = (time.perf_counter() - t) * 1000
         t = time.perf_counter()
