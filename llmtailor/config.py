@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from llmtailor.data.config import DataConfig
+from llmtailor.data.raft import RaftConfig
 from llmtailor.data.synth import SynthConfig
 from llmtailor.errors import ConfigError, TailorError
 from llmtailor.eval.config import EvalConfig, ReportConfig
@@ -67,6 +68,9 @@ class TailorConfig(BaseModel):
     merge: MergeConfig = Field(default_factory=MergeConfig)
     synth: SynthConfig | None = Field(None, description="Synthetic rows by Evol-Instruct (`tailor data synth`).")
     distill: DistillConfig | None = Field(None, description="Teacher -> student distillation (`tailor distill`).")
+    raft: RaftConfig | None = Field(
+        None, description="Retrieval-augmented fine-tuning rows from an index's chunks (`tailor data raft`)."
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     rag: RagConfig | None = Field(None, description="Retrieval: index folder, chunking, embeddings, search, answers.")

@@ -127,3 +127,38 @@ def _print_card(card: dict[str, Any]) -> None:
     t = card["token_lengths"]
     table.add_row("tokens p50 / p95 / max", f"{t['p50']:g} / {t['p95']:g} / {t['max']}")
     console.print(table)
+
+
+@app.command("raft")
+def raft(
+    config: Path = options.CONFIG,
+    index: Annotated[Path | None, typer.Option("--index", help="Index folder (default: raft.index, then "
+                                               "rag.index_dir).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Training rows (default: raft.output).")] = None,
+    heldout: Annotated[Path | None, typer.Option("--heldout", help="Held-out rows (default: "
+                                                 "raft.heldout_output).")] = None,
+    json_out: bool = options.JSON,
+) -> None:
+    """Retrieval-augmented fine-tuning rows from an index you built: questions about its chunks in the
+    `tailor rag ask` prompt (oracle passage among distractors of the same tenant and audience, answer cited;
+    a share with the oracle removed, declined), split by document into train and held-out."""
+    from llmtailor.config import load_config
+    from llmtailor.data.raft import run_raft
+
+    cfg = load_config(config)
+    result = run_raft(cfg, index=index, output=out, heldout=heldout)
+    if json_out:
+        emit_json(result.as_dict())
+        return
+    r, d = result.rows, result.documents
+    console.print(f"[green]{r['train_answerable'] + r['train_unanswerable']}[/] training rows "
+                  f"({r['train_unanswerable']} to decline) from {d['train']} documents: {result.output}")
+    console.print(f"{r['heldout_answerable'] + r['heldout_unanswerable']} held-out rows "
+                  f"({r['heldout_unanswerable']} to decline) from {d['heldout']} other documents: "
+                  f"{result.heldout_output}", highlight=False)
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(result.questions.items()))
+    console.print(f"questions from {result.questions_from}: {kinds}", highlight=False)
+    for reason, n in sorted(result.skipped.items()):
+        console.print(f"  [yellow]{reason.replace('_', ' ')}: {n}[/]")
+    console.print("next: add the training file to data.sources with `origin: synthetic`, then `tailor train`; "
+                  "serve the run as a RAG alias (tuned+RAG)")
