@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -54,6 +55,13 @@ class TrainConfig(BaseModel):
     packing: bool = Field(False, description="Pack several rows into each sequence (no padding at all). Needs an "
                           "attention implementation that keeps packed rows apart; a probe checks, and when it fails "
                           "training falls back to length buckets and says so.")
+    rehearsal: int = Field(0, ge=0, description="Self-rehearsal rows: before training, the model answers this many "
+                           "general prompts and those answers join the training rows, so the adapter keeps the "
+                           "model's behaviour outside the task (less forgetting). 0: off.")
+    rehearsal_prompts: Path | None = Field(None, description="JSONL of {\"prompt\": ...} rows for rehearsal; default: "
+                                          "the general prompts shipped with llmtailor.")
+    rehearsal_max_new_tokens: int = Field(128, ge=8, description="Token budget of a rehearsal answer; an answer "
+                                          "cut off at it ends at its last whole sentence (dropped if it has none).")
     precision: Literal["auto", "fp32", "bf16"] | None = Field(
         None, description="Compute precision of training: bf16 autocast (adapter weights stay fp32) or fp32. auto "
         "picks bf16 where the CPU has native BF16 instructions (AVX-512 BF16, AMX) or the GPU supports it; "

@@ -234,6 +234,20 @@ def train(
     rows = load_rows(train_file)
     if not rows:
         raise TailorError(f"{train_file}: the training split is empty")
+    if t.rehearsal:
+        from llmtailor.train.rehearsal import rehearsal_rows
+
+        extra, summary = rehearsal_rows(
+            run_dir, model, tokenizer, t.rehearsal, resume=resume, prompts_path=t.rehearsal_prompts,
+            max_new_tokens=t.rehearsal_max_new_tokens, seed=t.seed, show_progress=show_progress,
+        )
+        if summary is not None:
+            say(f"rehearsal: {summary['kept']} of {summary['asked']} general answers of the model join "
+                f"{len(rows)} training rows ({summary['trimmed_to_sentence']} cut back to a whole sentence, "
+                f"{summary['dropped_cut_off']} without one dropped; budget "
+                f"{summary['max_new_tokens']} tokens)")
+            update_run(run_dir, rehearsal=summary)
+        rows = rows + extra
     dataset = build_dataset(rows, tokenizer, max_len, t.assistant_only_loss)
     tokens_per_epoch = count_tokens(dataset)
 
