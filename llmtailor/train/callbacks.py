@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +12,18 @@ from llmtailor.io import append_jsonl
 
 
 class MetricsLogger(TrainerCallback):
-    """Append every Trainer log (loss, learning rate, grad norm) to metrics.jsonl as it happens."""
+    """Append every Trainer log (loss, learning rate, grad norm) to metrics.jsonl as it happens.
+
+    Each row carries its wall-clock `time`, so a reader can tell tokens/s while the run is still going (the Trainer
+    only reports its speed at the end)."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if logs and state.is_world_process_zero:
-            append_jsonl(self.path, {"step": state.global_step, "epoch": state.epoch, **logs})
+            append_jsonl(self.path, {"step": state.global_step, "epoch": state.epoch, **logs,
+                                     "time": round(time.time(), 3)})
 
 
 class RichProgress(TrainerCallback):

@@ -75,17 +75,19 @@ def summary(run_dir: Path) -> dict[str, Any]:
     tuned = variants.get("tuned") or {}
     status = info.get("status", "unknown")
     steps, loss = info.get("steps"), info.get("final_loss")
-    if status == "running":  # run.json gets steps and final loss at the end; until then, the newest logged point
+    speed = info.get("train_tokens_per_s")
+    if status == "running":  # run.json gets steps, final loss and speed at the end; until then, metrics.jsonl's
         points, _ = curve(run_dir)
         if points:
             steps, loss = points[-1]
+        speed = live_tokens_per_s(run_dir)
     row = {
         "id": run_dir.name,
         "status": status,
         "method": info.get("method"),
         "dataset": (info.get("dataset_hash") or "")[:12],
         "steps": steps,
-        "tokens_per_s": info.get("train_tokens_per_s"),
+        "tokens_per_s": speed,
         "final_loss": loss,
         "headline": headline,
         "headline_value": tuned.get(headline) if headline else None,
@@ -120,6 +122,27 @@ def all_summaries(runs_dir: Path) -> list[dict[str, Any]]:
         except RunGone:
             continue
     return out
+
+
+def live_tokens_per_s(run_dir: Path) -> float | None:
+    """Training speed so far: tokens between the first and the newest logged step over the wall time between them
+    (rows carry `num_tokens` and `time`); None until two such rows exist."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
+    except OSError:
+        return None
+    marks = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("num_tokens"), int | float) and isinstance(
+                row.get("time"), int | float):
+            marks.append((float(row["time"]), float(row["num_tokens"])))
+    if len(marks) < 2 or marks[-1][0] <= marks[0][0]:
+        return None
+    return (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
 
 
 def curve(run_dir: Path, start_line: int = 0) -> tuple[list[tuple[int, float]], int]:

@@ -152,3 +152,12 @@ def test_bind_beyond_loopback_needs_an_admin_key(project):
         assert c.get("/login", params={"key": "nope"}).status_code == 401
         c.get("/login", params={"key": key})
         assert c.get("/").status_code == 200  # the HttpOnly cookie now carries the key
+
+
+def test_running_run_shows_tokens_per_second_so_far(client):
+    run_dir = client.project["cfg"].runs_dir / "run-a"
+    update_run(run_dir, status="running")
+    for step, (t, tokens) in enumerate([(1000.0, 500), (1002.0, 1500), (1004.0, 2500)], start=7):
+        append_jsonl(run_dir / "metrics.jsonl", {"step": step, "loss": 0.5, "num_tokens": tokens, "time": t})
+    rows = {r["id"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert rows["run-a"]["cells"]["tokens_per_s"] == "500"  # (2500 - 500) tokens / 4 s

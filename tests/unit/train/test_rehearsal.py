@@ -94,3 +94,4 @@ def test_shipped_prompts_are_not_regression_items():
 
     worst = max(jaccard(grams(p), grams(q)) for p in prompts for q in suite)
     assert worst < 0.4, worst
+
