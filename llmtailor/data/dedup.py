@@ -16,15 +16,23 @@ from llmtailor.data.rows import Row, exact_key, system_text, words
 MINHASH_SEED = 42
 
 
-def exact_dedup(rows: list[Row]) -> tuple[list[Row], int]:
-    """Rows whose normalised conversation was not seen before; returns (kept, dropped count)."""
-    seen: set[str] = set()
+OnDrop = Callable[[Row, Row, str, float], object]
+
+
+def exact_dedup(rows: list[Row], on_drop: OnDrop | None = None) -> tuple[list[Row], int]:
+    """Rows whose normalised conversation was not seen before; returns (kept, dropped count).
+
+    `on_drop(dropped, kept_copy, "exact", 1.0)` is told of each drop, so the data card can list them."""
+    seen: dict[str, Row] = {}
     kept: list[Row] = []
     for row in rows:
         key = exact_key(row.messages)
-        if key not in seen:
-            seen.add(key)
+        first = seen.get(key)
+        if first is None:
+            seen[key] = row
             kept.append(row)
+        elif on_drop is not None:
+            on_drop(row, first, "exact", 1.0)
     return kept, len(rows) - len(kept)
 
 
@@ -62,7 +70,7 @@ def _signature(row: Row, cfg: DedupConfig) -> tuple[set[str], str, Any]:
 
 
 def near_dedup(
-    rows: list[Row], cfg: DedupConfig, advance: Callable[[int], object] | None = None
+    rows: list[Row], cfg: DedupConfig, advance: Callable[[int], object] | None = None, on_drop: OnDrop | None = None
 ) -> tuple[list[Row], int]:
     """Drop rows whose user/assistant word shingles have Jaccard >= threshold with an earlier kept row.
 
@@ -75,9 +83,11 @@ def near_dedup(
     kept_systems: list[str] = []
     for row in rows:
         grams, system, mh = _signature(row, cfg)
-        duplicate = any(
-            kept_systems[key] == system and jaccard(grams, kept_sets[key]) >= cfg.threshold for key in lsh.query(mh)
-        )
+        best = max(((jaccard(grams, kept_sets[key]), -key) for key in lsh.query(mh) if kept_systems[key] == system),
+                   default=None)
+        duplicate = best is not None and best[0] >= cfg.threshold
+        if duplicate and on_drop is not None:
+            on_drop(row, kept[-best[1]], "near", round(best[0], 4))
         if not duplicate:
             lsh.insert(len(kept), mh)
             kept.append(row)

@@ -67,6 +67,12 @@ class _Stats:
         self.pii_rows = 0
         self.test_pii_rows = 0
         self.leakage_dropped = 0
+        self.duplicates: list[dict[str, Any]] = []  # each dropped copy and the row it copies, for the card
+
+    def record_duplicate(self, dropped: Row, kept: Row, kind: str, similarity: float) -> None:
+        """Dedup's callback: where the dropped copy was and which kept row it copies (file:line of both)."""
+        self.duplicates.append({"file": dropped.file, "line": dropped.line, "kind": kind, "similarity": similarity,
+                                "copy_of": f"{kept.file}:{kept.line}"})
 
 
 def _fit(row: Row, tokenizer: Any, cfg: DataConfig, stats: _Stats) -> Row | None:
@@ -172,9 +178,10 @@ def prepare(cfg: DataConfig, tokenizer: Any, *, show_progress: bool = True) -> D
 
         rows = human_first(rows)  # dedup keeps first copies: a generated row never evicts a human one
         if cfg.dedup.enabled:
-            rows, stats.exact_dup = exact_dedup(rows)
+            rows, stats.exact_dup = exact_dedup(rows, stats.record_duplicate)
             task = progress.add_task("near-dedup", total=len(rows))
-            rows, stats.near_dup = near_dedup(rows, cfg.dedup, lambda n: progress.advance(task, n))
+            rows, stats.near_dup = near_dedup(rows, cfg.dedup, lambda n: progress.advance(task, n),
+                                              stats.record_duplicate)
 
         if cfg.pii.enabled and (rows or tests):
             from llmtailor.data.redact import count_unique, redact_rows
@@ -289,6 +296,8 @@ def _card(
         "config": cfg.model_dump(mode="json"),
         "errors": [str(e) for e in stats.errors[:CARD_ERRORS]],
         "errors_total": len(stats.errors),
+        "duplicates": stats.duplicates[:CARD_ERRORS],
+        "duplicates_total": len(stats.duplicates),
     }
 
 

@@ -228,6 +228,10 @@ def card_markdown(card: dict[str, Any]) -> str:
     if card["errors"]:
         lines += ["", f"## Validation errors (first {len(card['errors'])} of {card['errors_total']})", ""]
         lines += [f"- `{e}`" for e in card["errors"]]
+    if card.get("duplicates"):
+        lines += ["", f"## Duplicates dropped (first {len(card['duplicates'])} of {card['duplicates_total']})", ""]
+        lines += [f"- `{d['file']}:{d['line']}`: {d['kind']} copy (similarity {d['similarity']}) of `{d['copy_of']}`"
+                  for d in card["duplicates"]]
     return "\n".join(lines) + "\n"
 
 

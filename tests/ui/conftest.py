@@ -37,6 +37,7 @@ def write_project(root: Path, model_dir: Path) -> Path:
     write_jsonl(data, _rows())
     with data.open("a") as f:
         f.write('{"messages": [{"role": "user", "content": ""}]}\n')  # a bad row: dropped with file:line
+        f.write(json.dumps(_rows()[0]) + "\n")  # line 27: an exact copy of line 1, listed as a dropped duplicate
     raw = {
         "project": "acme",
         "runs_dir": "runs",

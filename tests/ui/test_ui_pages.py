@@ -114,6 +114,8 @@ def test_dataset_page_escapes_rows_and_shows_card(shared_client):
     assert "&lt;b&gt;bold&lt;/b&gt; &amp;amp; done" not in page and "&lt;b&gt;bold&lt;/b&gt; &amp; done" in page
     errors = page.split('id="row-errors"')[1].split("</ul>")[0]
     assert "tickets.jsonl:26" in errors  # the dropped row, with file:line
+    dups = page.split('id="duplicates"')[1].split("</table>")[0]
+    assert "tickets.jsonl:27</code>" in dups and "tickets.jsonl:1</code>" in dups and "exact" in dups
     assert 'id="leakage"' in page and 'id="pii"' in page
     emails = shared_client.get(f"/data/{version}", params={"origin": "emails", "split": "train"}).text
     assert "emails" in emails and ">tickets<" not in emails.split('id="rows"')[1]

@@ -164,6 +164,13 @@ def test_exact_and_near_duplicates_are_removed_keeping_the_first(tmp_path, tiny_
     kept = {r["id"] for r in read(v.train_file) + read(v.eval_file)}
     assert kept == {"first", "other"}
     assert v.card["dropped"]["exact_dup"] == 1 and v.card["dropped"]["near_dup"] == 1
+    # Each dropped copy is listed with its file:line and the row it copies (lines 2 and 3 copy line 1).
+    listed = {(d["line"], d["kind"], d["copy_of"]) for d in v.card["duplicates"]}
+    assert listed == {(2, "exact", f"{f}:1"), (3, "near", f"{f}:1")} and v.card["duplicates_total"] == 2
+    near = next(d for d in v.card["duplicates"] if d["kind"] == "near")
+    assert 0.8 <= near["similarity"] < 1.0 and near["file"] == str(f)
+    card_md = (v.path / "card.md").read_text()
+    assert f"`{f}:2`: exact copy (similarity 1.0) of `{f}:1`" in card_md
 
     off = prepare(config(tmp_path, f, dedup={"enabled": False}), tiny_tokenizer, show_progress=False)
     assert off.card["rows_kept"] == 4
