@@ -77,10 +77,11 @@ def summary(run_dir: Path) -> dict[str, Any]:
     steps, loss = info.get("steps"), info.get("final_loss")
     speed = info.get("train_tokens_per_s")
     if status == "running":  # run.json gets steps, final loss and speed at the end; until then, metrics.jsonl's
-        points, _ = curve(run_dir)
+        rows, _ = metric_rows(run_dir)
+        points = loss_points(rows)
         if points:
             steps, loss = points[-1]
-        speed = live_tokens_per_s(run_dir)
+        speed = tokens_per_s(rows)
     row = {
         "id": run_dir.name,
         "status": status,
@@ -124,47 +125,49 @@ def all_summaries(runs_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def live_tokens_per_s(run_dir: Path) -> float | None:
-    """Training speed so far: tokens between the first and the newest logged step over the wall time between them
-    (rows carry `num_tokens` and `time`); None until two such rows exist."""
+def metric_rows(run_dir: Path, start_line: int = 0) -> tuple[list[dict[str, Any]], int]:
+    """Parsed rows of metrics.jsonl from line `start_line` on, and the next line to read.
+
+    A line still being written (no newline yet) is left for the next read."""
     try:
-        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
+        text = (run_dir / "metrics.jsonl").read_text(encoding="utf-8")
     except OSError:
-        return None
-    marks = []
-    for line in lines:
+        return [], start_line
+    complete = text.split("\n")[:-1]  # the part after the last newline is unfinished
+    rows = []
+    for line in complete[start_line:]:
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and isinstance(row.get("num_tokens"), int | float) and isinstance(
-                row.get("time"), int | float):
-            marks.append((float(row["time"]), float(row["num_tokens"])))
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows, len(complete)
+
+
+def _number(row: dict[str, Any], key: str) -> bool:
+    return isinstance(row.get(key), int | float)
+
+
+def loss_points(rows: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(step, loss) of the rows that log a training loss."""
+    return [(int(r["step"]), float(r["loss"])) for r in rows if _number(r, "loss") and "step" in r]
+
+
+def tokens_per_s(rows: list[dict[str, Any]]) -> float | None:
+    """Training speed so far: tokens between the first and the newest logged step over the wall time between them
+    (rows carry `num_tokens` and `time`); None until two such rows exist."""
+    marks = [(float(r["time"]), float(r["num_tokens"])) for r in rows
+             if _number(r, "num_tokens") and _number(r, "time")]
     if len(marks) < 2 or marks[-1][0] <= marks[0][0]:
         return None
     return (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
 
 
 def curve(run_dir: Path, start_line: int = 0) -> tuple[list[tuple[int, float]], int]:
-    """(step, loss) points from metrics.jsonl from line `start_line` on, and the next line to read.
-
-    A line still being written (no newline yet) is left for the next read."""
-    path = run_dir / "metrics.jsonl"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return [], start_line
-    lines = text.split("\n")
-    complete = lines[:-1]  # the part after the last newline is unfinished
-    points = []
-    for line in complete[start_line:]:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("loss"), int | float) and "step" in row:
-            points.append((int(row["step"]), float(row["loss"])))
-    return points, len(complete)
+    """(step, loss) points from metrics.jsonl from line `start_line` on, and the next line to read."""
+    rows, next_line = metric_rows(run_dir, start_line)
+    return loss_points(rows), next_line
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
