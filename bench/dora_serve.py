@@ -5,7 +5,7 @@ to produce exactly --tokens tokens. Reports tokens/s for one request and for 4 c
 the merged/unmerged ratio, the first request (merge or PEFT load included), and whether both paths produce
 the same tokens.
 
-    python bench/dora_serve.py --tokens 32 --repeats 2
+    python bench/dora_serve.py --tokens 32 --repeats 5
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ PROMPTS = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
     import torch

@@ -12,7 +12,7 @@
 Every request is forced to produce exactly --tokens tokens (EOS suppressed via min_new_tokens on both
 sides), so throughput compares equal work. Results: bench/results/serve_inprocess.{json,md}.
 
-    python bench/serve_inprocess.py --tokens 32 --repeats 2
+    python bench/serve_inprocess.py --tokens 32 --repeats 5
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ PROMPTS = [
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--only", choices=["all", "prefix"], default="all")
     args = ap.parse_args()
     if args.only == "prefix":

@@ -465,7 +465,9 @@ def report(res: dict) -> str:
 `{res['command']}`: engine **{res['engine']}**, the packaged SmolLM2-135M-Instruct, {res['requests']} streaming
 chat requests from {res['clients']} concurrent clients (httpx), max_tokens {res['max_tokens']}, greedy, spread over
 {', '.join(res['models'])} (`adN`: random LoRA adapters registered from run folders; `docs`: a RAG alias) and two
-API keys; {res['disconnect_share']:.0%} of the clients hang up after 1-4 chunks. One run. {loaded}.
+API keys; {res['disconnect_share']:.0%} of the clients hang up after 1-4 chunks.
+One run, no baseline: a check of errors, cross-talk and memory; its latencies are queueing,
+not a speed result. {loaded}.
 
 | | value |
 |---|---|

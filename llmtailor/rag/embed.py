@@ -248,8 +248,8 @@ class SentenceTransformerEmbedder:
         return np.asarray(vecs, dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        # One short text gains nothing from intra-op threads, and on a busy CPU they cost a lot: measured
-        # 18 ms with 1 thread vs 490 ms with 2 on 2 cores shared with a training job (bench/results/retrieval.md).
+        # One short text gains little from intra-op threads (torch fp32 with 2 threads: 11.6 ms p50 against 16.1 with 1,
+        # bench/results/retrieval_latency.md), and on a CPU busy with serving or training they stall each other.
         light = self.query_model()
         if light is not None:
             return light.encode_one(text)  # one BLAS thread, like the torch path below

@@ -59,8 +59,9 @@ class View:
 
     @property
     def in_memory(self) -> bool:
-        """Whether both rankings run on the snapshot (numpy, about a millisecond each at 100k chunks: running them
-        in two threads then cost more than it saved on 2 cores, bench/results/retrieval_latency.md)."""
+        """Whether both rankings run on the snapshot (numpy, a few milliseconds together at 100k chunks). They then
+        run in the calling thread: on an idle 2-core machine two threads were faster (p95 8.6 against 10.9 ms,
+        bench/results/retrieval_latency.md), but under load the two flipped, and a server's engine needs the core."""
         mem = self.memory
         return mem is not None and mem.bm25 is not None
 
