@@ -69,7 +69,13 @@ def shot(driver, name: str) -> None:
 
 
 def wait(driver, cond, timeout: float = 30):
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: cond(d))
+    """Poll `cond` until it holds. An element read while a form's POST reloads the page goes stale mid-check:
+    that is a retry, like an element not there yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                         ).until(lambda d: cond(d))
 
 
 def test_runs_table_filters_and_compares_two_runs(site):
