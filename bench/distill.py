@@ -74,6 +74,7 @@ def main() -> None:
     else:
         teacher_run = train_stage(path, show_progress=True).run_dir
     teacher_s = time.perf_counter() - t0
+    teacher_steps = json.loads((teacher_run / "run.json").read_text()).get("steps", args.teacher_steps)
     cfg["synth"] = {"generator": {"run": str(teacher_run)}, "max_seeds": args.seeds, "n_per_seed": 1,
                     "ops": ["constraints", "concretise", "breadth"], "max_new_tokens": 160,
                     "answer_max_new_tokens": 64}
@@ -109,13 +110,14 @@ def main() -> None:
             summary[key] = ({"median": round(statistics.median(xs), 4), "min": round(min(xs), 4),
                              "max": round(max(xs), 4)} if xs else None)
     out = {"args": vars(args), "teacher_run": str(teacher_run), "teacher_train_seconds": round(teacher_s, 1),
+           "teacher_steps": teacher_steps,
            "synth": synth.as_dict(), "synth_seconds": round(synth_s, 1), "runs": rows, "summary": summary,
            "load_avg_1min": load, "loaded_machine": load > 1.5}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(out, indent=2))
     label = f"measured on a loaded machine, 1-min load {load:.1f}" if load > 1.5 else f"1-min load {load:.1f}"
     md = [f"# Distillation on the demo ({label})", "",
-          f"Teacher: {teacher_run.name} ({args.teacher_steps} steps); student: the base, {args.student_steps} steps "
+          f"Teacher: {teacher_run.name} ({teacher_steps} steps); student: the base, {args.student_steps} steps "
           f"on teacher answers to {synth.totals.get('kept', 0)} synthetic prompts; {args.repeats} repeat(s); "
           f"logit distillation {'on' if args.logit else 'off'}; {args.eval_rows} held-out tickets.", "",
           "| model | json_compliance median (min-max) | field_accuracy_mean median (min-max) |", "|---|---|---|"]

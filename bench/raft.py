@@ -18,7 +18,8 @@ Scoring (per question, then mean with 95% bootstrap intervals, llmtailor.eval.st
 * declined (unanswerable rows): the answer is the decline sentence or says it does not know; false declines are
   counted on the answerable rows.
 
-Usage: python bench/raft.py [--epochs 1] [--out bench/results] [--loaded "note on machine load"]
+Usage: python bench/raft.py [--epochs 1] [--unanswerable-share 0.2] [--out bench/results]
+                            [--loaded "note on machine load"]
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def write_project(work: Path, args: argparse.Namespace) -> Path:
         "rag": {"index_dir": "rag-index",
                 "answer": {"max_context_chunks": args.k, "max_new_tokens": args.max_new_tokens}},
         "raft": {"heldout_fraction": args.heldout_fraction, "heldout_documents": ["returns.md"],
-                 "rows_per_question": args.rows_per_question, "questions_per_chunk": 4, "seed": args.seed},
+                 "rows_per_question": args.rows_per_question, "questions_per_chunk": 4, "seed": args.seed,
+                 "unanswerable_share": args.unanswerable_share},
     }
     path = work / "tailor.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
@@ -141,6 +143,8 @@ def main() -> None:
     ap.add_argument("--heldout-fraction", type=float, default=0.35)
     ap.add_argument("--rows-per-question", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--unanswerable-share", type=float, default=0.2,
+                    help="Share of training rows that drop the oracle and decline (raft.unanswerable_share).")
     ap.add_argument("--loaded", default="", help="Note on machine load, written into the results.")
     args = ap.parse_args()
 
@@ -202,7 +206,7 @@ def main() -> None:
     report = {
         "documents": n_docs, "raft": raft.as_dict(), "heldout_questions": len(heldout),
         "train": {"steps": trained.steps, "final_loss": trained.final_loss, "tokens_per_s": trained.tokens_per_s,
-                  "epochs": args.epochs, "lr": args.lr},
+                  "epochs": args.epochs, "lr": args.lr, "unanswerable_share": args.unanswerable_share},
         "k": args.k, "max_new_tokens": args.max_new_tokens, "f1_threshold": F1_THRESHOLD, "summary": summary,
         "ratio_correct_cited": (tuned_cc / base_cc) if base_cc else None,
         "target_met": tuned_cc >= 3 * base_cc and tuned_cc > 0,

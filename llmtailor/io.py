@@ -140,6 +140,14 @@ def _walk(obj: Any) -> tuple[str | None, bool]:
     return None, False
 
 
+class _NonStandardNumber(ValueError):
+    """NaN / Infinity: Python's json reads them, but they are not JSON and break every strict reader later."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NonStandardNumber(name)
+
+
 def parse_jsonl_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None, str | None]:
     """One line's bytes (line break removed) -> (object, None, None) or (None, field or None, problem)."""
     try:
@@ -149,7 +157,9 @@ def parse_jsonl_line(raw: bytes) -> tuple[dict[str, Any] | None, str | None, str
         hint = "; the file looks like UTF-16: save it as UTF-8" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
         return None, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {column}){hint}"
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except _NonStandardNumber as e:
+        return None, None, f"not valid JSON: {e} is not a JSON number (write null or a finite number)"
     except json.JSONDecodeError as e:
         return None, None, f"malformed JSON ({e.msg} at column {e.colno})"
     except RecursionError:

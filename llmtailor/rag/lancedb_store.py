@@ -101,8 +101,9 @@ class LanceDBStore:
 
     def __init__(self, path: str | Path, dim: int, collection: str = "llmtailor", ann_min_rows: int = 250_000,
                  memory: str = "auto", nprobes: int | None = 60, memory_rows: bool = True, memory_bm25: bool = True):
-        import lancedb
+        from llmtailor.rag.lance_import import import_lancedb
 
+        lancedb = import_lancedb()
         if memory not in MEMORY_MODES:
             raise ValueError(f"memory must be one of {MEMORY_MODES}, got {memory!r}")
         self.path = Path(path)

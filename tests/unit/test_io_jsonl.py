@@ -111,3 +111,19 @@ def test_preference_files_report_byte_level_problems_without_a_traceback(tmp_pat
     res = CliRunner().invoke(app, ["data", "check-preferences", str(path)])
     assert res.exit_code == 1 and (res.exception is None or isinstance(res.exception, SystemExit))
     assert f"{path}:2: not valid UTF-8" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_nan_and_infinity_are_that_lines_error(tmp_path, constant):
+    """Python's json reads NaN/Infinity, but they are not JSON: a row carrying one would be written back as
+    invalid JSON by every later stage (and rejected by strict readers), so it is refused at read time."""
+    path = _file(tmp_path, G + b"\n" + G[:-1] + f', "meta": {{"score": {constant}}}}}\n'.encode() + G + b"\n")
+    problem = f"not valid JSON: {constant} is not a JSON number (write null or a finite number)"
+    assert _lenient(path) == [(1, True, None), (2, False, problem), (3, True, None)]
+    with pytest.raises(RowError, match=r"rows\.jsonl:2: not valid JSON"):
+        list(io.read_jsonl(path))
+
+
+def test_the_strings_nan_and_infinity_are_ordinary_text(tmp_path):
+    path = _file(tmp_path, json.dumps({**GOOD, "meta": {"a": "NaN", "b": "Infinity"}}).encode() + b"\n")
+    assert _lenient(path) == [(1, True, None)]
