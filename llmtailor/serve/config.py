@@ -185,6 +185,9 @@ class ServeConfig(BaseModel):
     llamacpp_threads: int | None = Field(
         None, ge=1, description="llama.cpp engine: threads per decode (default: every core this process may use). "
         "On a machine busy with other work, fewer threads than cores avoid stalls at llama.cpp's thread barriers.")
+    llamacpp_flash_attn: bool = Field(
+        True, description="llama.cpp engine: flash attention in each context (what llama-server picks by default on "
+        "CPU); off reproduces the plain attention kernels (bench/results/serve.md measures both).")
     max_batch_size: int = Field(16, ge=1, le=256, description="Requests decoded together in one batch.")
     max_queue: int = Field(
         256, ge=1, description="Requests waiting for a decoding slot; when full, new ones get 503 with Retry-After "

@@ -61,7 +61,7 @@ def build_engine(cfg: Any, choice: EngineChoice, stats: Any = None) -> Any:
 
         gguf = base_gguf(cfg.model)
         return LlamaCppEngine(gguf, load_tokenizer(cfg.model), slots=s.llamacpp_slots, n_ctx=s.max_model_len or 2048,
-                              n_threads=s.llamacpp_threads,
+                              n_threads=s.llamacpp_threads, flash_attn=s.llamacpp_flash_attn,
                               max_loaded_adapters=s.max_loaded_adapters, stats=stats,
                               adapter_gguf=lambda path: cached_adapter_gguf(path, gguf), max_queue=s.max_queue)
     from llmtailor.models import load_model

@@ -190,7 +190,7 @@ class LlamaCppEngine(Engine):
 
     def __init__(self, gguf: Path, tokenizer: Any, *, slots: int = 4, n_ctx: int = 2048, n_threads: int | None = None,
                  max_loaded_adapters: int = 8, stats: EngineStats | None = None,
-                 adapter_gguf: Callable[[Path], Path] | None = None, max_queue: int = 256):
+                 adapter_gguf: Callable[[Path], Path] | None = None, max_queue: int = 256, flash_attn: bool = True):
         lc = require_llama_cpp()
         self.max_queue = max_queue
         self.llama_cpp = lc
@@ -205,6 +205,7 @@ class LlamaCppEngine(Engine):
         self.stats = stats or EngineStats()
         self.adapter_gguf = adapter_gguf
         self.n_threads = n_threads or default_threads()
+        self.flash_attn = flash_attn
         self._paths: dict[str, Path] = {}
         self._ggufs: dict[str, Path] = {}
         self._loaded: OrderedDict[str, Path] = OrderedDict()
@@ -230,7 +231,7 @@ class LlamaCppEngine(Engine):
         from llama_cpp import Llama
 
         llm = Llama(model_path=str(self.gguf), n_ctx=self.max_model_len, n_batch=512, n_threads=self.n_threads,
-                    n_threads_batch=self.n_threads, verbose=False, use_mmap=True)
+                    n_threads_batch=self.n_threads, verbose=False, use_mmap=True, flash_attn=self.flash_attn)
         return Slot(llm)
 
     def _check_vocab(self) -> None:
