@@ -489,10 +489,13 @@ def cold_cli(index_dir: Path, store: LanceDBStore, qtexts: list[str], args) -> d
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     runs = {
         "rag_query": (cmd, env),
+        "rag_query_eager_lancedb": (cmd, dict(env, LLMTAILOR_EAGER_LANCEDB="1")),
         "rag_query_torch_runtime": (cmd, dict(env, LLMTAILOR_QUERY_RUNTIME="torch")),
         "help": ([*base, "--help"], env),
     }
-    inner: dict[str, list[dict]] = {"rag_query": [], "rag_query_torch_runtime": []}
+    if getattr(args, "cold_skip_torch", False):
+        del runs["rag_query_torch_runtime"]
+    inner: dict[str, list[dict]] = {k: [] for k in runs if k.startswith("rag_query")}
     ids: dict[str, list[str]] = {}
     cpu: dict[str, list[float]] = {k: [] for k in runs}
 
@@ -524,7 +527,9 @@ def cold_cli(index_dir: Path, store: LanceDBStore, qtexts: list[str], args) -> d
         "cpu_s": {k: spread(v) for k, v in cpu.items()},
         "in_process_ms": {k: {key: round(float(np.median([t[key] for t in v])), 1)
                               for key in ("embed_ms", "search_ms", "total_ms")} for k, v in inner.items()},
-        "same_results_both_runtimes": ids.get("rag_query") == ids.get("rag_query_torch_runtime"),
+        "same_results_both_runtimes": (ids.get("rag_query") == ids.get("rag_query_torch_runtime")
+                                       if "rag_query_torch_runtime" in ids else None),
+        "same_results_eager_lancedb": ids.get("rag_query") == ids.get("rag_query_eager_lancedb"),
         "top_imports_s": imports,
         "load_avg_1min": loads,
     }
@@ -773,26 +778,8 @@ def render(lat: dict) -> str:
         for k, v in e["notes"].items():
             lines.append(f"\n{k}: {v}")
     for s in lat["sizes"]:
-        c = s.get("cold_cli")
-        if not c:
-            continue
-        lines += ["", f"## Cold `tailor rag query` ({c['index_chunks']:,}-chunk index, {c['runs']} runs each,"
-                  " alternating; seconds, median (min-max); CPU = user + system time of the process, which a busy"
-                  " machine inflates much less than wall time)", "",
-                  f"`{c['command']}`", "", "| command | wall s | CPU s | embed ms | search ms |",
-                  "|---|---|---|---|---|"]
-        names = {"rag_query": "tailor rag query (numpy query runtime, default)",
-                 "rag_query_torch_runtime": "same, LLMTAILOR_QUERY_RUNTIME=torch (sentence-transformers, as before)",
-                 "help": "tailor --help"}
-        for k, v in c["wall_s"].items():
-            ip = c["in_process_ms"].get(k, {})
-            u = c["cpu_s"][k]
-            lines.append(f"| {names.get(k, k)} | {v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f}) |"
-                         f" {u['median']:.2f} ({u['min']:.2f}-{u['max']:.2f}) |"
-                         f" {ip.get('embed_ms', '-')} | {ip.get('search_ms', '-')} |")
-        lines += ["", f"Same results with both runtimes: {c['same_results_both_runtimes']}. Largest imports of one"
-                  " cold query (s, cumulative): " + ", ".join(f"{k} {v}" for k, v in c["top_imports_s"].items())
-                  + "."]
+        if s.get("cold_cli"):
+            lines += render_cold(s["cold_cli"])
     return "\n".join(lines) + "\n"
 
 
@@ -846,6 +833,32 @@ def main() -> None:
     results["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     write(results, args.out)
     print(render(results))
+
+
+def render_cold(c: dict) -> list[str]:
+    """The cold `tailor rag query` table (also bench/cold_query.py's report)."""
+    lines: list[str] = []
+    lines += ["", f"## Cold `tailor rag query` ({c['index_chunks']:,}-chunk index, {c['runs']} runs each,"
+              " alternating; seconds, median (min-max); CPU = user + system time of the process, which a busy"
+              " machine inflates much less than wall time)", "",
+              f"`{c['command']}`", "", "| command | wall s | CPU s | embed ms | search ms |",
+              "|---|---|---|---|---|"]
+    names = {"rag_query": "tailor rag query (numpy query runtime, default)",
+             "rag_query_eager_lancedb": "same, LLMTAILOR_EAGER_LANCEDB=1 (LanceDB's REST client imported, as "
+                                        "before)",
+             "rag_query_torch_runtime": "same, LLMTAILOR_QUERY_RUNTIME=torch (sentence-transformers, as before)",
+             "help": "tailor --help"}
+    for k, v in c["wall_s"].items():
+        ip = c["in_process_ms"].get(k, {})
+        u = c["cpu_s"][k]
+        lines.append(f"| {names.get(k, k)} | {v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f}) |"
+                     f" {u['median']:.2f} ({u['min']:.2f}-{u['max']:.2f}) |"
+                     f" {ip.get('embed_ms', '-')} | {ip.get('search_ms', '-')} |")
+    lines += ["", f"Same results with both runtimes: {c['same_results_both_runtimes']}; with LanceDB imported "
+              f"eagerly: {c.get('same_results_eager_lancedb')}. Largest imports of one"
+              " cold query (s, cumulative): " + ", ".join(f"{k} {v}" for k, v in c["top_imports_s"].items())
+              + "."]
+    return lines
 
 
 def write(results: dict, out: Path) -> None:
