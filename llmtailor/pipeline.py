@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmtailor.config import TailorConfig, load_config, parse_config
+from llmtailor.config import TailorConfig, load_config
 from llmtailor.errors import TailorError
-from llmtailor.runs import latest_run, read_run, resolve_run, update_run
+from llmtailor.runs import latest_run, resolve_run, update_run
 
 
 def _config(config: TailorConfig | str | Path) -> TailorConfig:
@@ -50,18 +50,12 @@ def train_stage(
 ) -> Any:
     """Train on the current dataset version, or continue an interrupted run with its own saved config."""
     from llmtailor.registry.hooks import record_training
-    from llmtailor.train.sft import train
 
     cfg = _config(config)
     if resume:
-        run_dir = _resume_target(cfg, run)
-        saved = run_dir / "config.yaml"
-        run_cfg = parse_config(saved.read_text(encoding="utf-8"), saved)
-        if run_cfg.train.objective != "sft":
-            raise TailorError(f"{run_dir}: a {run_cfg.train.objective} run cannot be resumed; start it again")
-        info = read_run(run_dir)
-        result = train(run_cfg, Path(info["dataset_dir"]), info["dataset_hash"], run_dir=run_dir, resume=True,
-                       show_progress=show_progress)
+        from llmtailor.train.resume import resume_run
+
+        result = resume_run(cfg, _resume_target(cfg, run), show_progress=show_progress)
         record_training(cfg, result.run_dir)
         return result
     if max_steps is not None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from llmtailor.errors import TailorError
 from llmtailor.io import file_hash
 from llmtailor.runs import update_run
+from llmtailor.train import resume as resuming
 from llmtailor.train.objectives import (
     loss_summary,
     quiet_trainer,
@@ -59,6 +60,37 @@ def _common_args(cfg: TailorConfig, run_dir: Path, on_cuda: bool, max_len: int) 
                 bf16=False, gradient_checkpointing=False, beta=cfg.preference.beta)
 
 
+def _adapter_hash(adapter_dir: Path) -> str | None:
+    """Hash of the starting adapter's weights: on resume it is the DPO reference again, so it must not have changed."""
+    weights = [adapter_dir / n for n in ("adapter_model.safetensors", "adapter_model.bin")]
+    found = next((w for w in weights if w.exists()), None)
+    return file_hash(found) if found else None
+
+
+def _resume_inputs(cfg: TailorConfig, run_dir: Path | None) -> tuple[Path, Path, Path | None, Path]:
+    """(run folder, preference file, starting adapter, checkpoint) of an interrupted preference run, taken from its
+    run.json rather than re-resolved: the pairs and the reference model must be the ones the run began with, or
+    the resumed steps would optimise another objective than the checkpointed ones."""
+    run_dir, info, checkpoint = resuming.open_resume(run_dir, cfg.train.objective, cfg.train.save_steps)
+    pref_file = Path(info.get("preference_data") or preference_file(cfg))
+    if not pref_file.exists():
+        raise TailorError(f"{run_dir}: its preference data {pref_file} is gone; restore it to resume, or start a new "
+                          "run without --resume")
+    if info.get("preference_hash") and file_hash(pref_file) != info["preference_hash"]:
+        raise TailorError(f"{run_dir}: {pref_file} changed since this run started (the resumed steps would train on "
+                          "other pairs); restore the file to resume, or start a new run without --resume")
+    parent_dir = Path(info["init_adapter"]) if info.get("init_adapter") else None
+    if parent_dir is not None:
+        if not (parent_dir / "adapter_config.json").exists():
+            raise TailorError(f"{run_dir}: its starting adapter {parent_dir} is gone (it is also the DPO reference); "
+                              "restore it to resume, or start a new run without --resume")
+        recorded = info.get("init_adapter_hash")
+        if recorded and _adapter_hash(parent_dir) != recorded:
+            raise TailorError(f"{run_dir}: its starting adapter {parent_dir} changed since this run started (it is "
+                              "the DPO reference); restore it to resume, or start a new run without --resume")
+    return run_dir, pref_file, parent_dir, checkpoint
+
+
 def _trainer(cfg: TailorConfig, model: Any, tokenizer: Any, dataset: Any, args: dict[str, Any], peft: Any,
              callbacks: list[Any]) -> Any:
     if cfg.train.objective == "orpo":
@@ -97,8 +129,6 @@ def train(
     from llmtailor.train.adapters import peft_config
     from llmtailor.train.callbacks import MetricsLogger, RichProgress
 
-    if resume:
-        raise TailorError("--resume continues SFT runs only; start the preference run again")
     t = cfg.train
     if say is None:
         from llmtailor.cli.output import console
@@ -110,18 +140,23 @@ def train(
     if t.init_adapter and t.method == "full":
         raise TailorError("train.init_adapter needs an adapter method (lora, dora); for a full fine-tune set "
                           "model.base_model to the model folder to start from")
-    pref_file = preference_file(cfg)
-    rows = load_preferences(pref_file, cfg.data.system_prompt)
-    parent_dir, parent = (resolve_adapter(cfg, t.init_adapter) if t.init_adapter else (None, {}))
-
-    run_dir = start_run(
-        cfg, choice.device, choice.dtype,
-        dataset_hash=dataset_hash, dataset_dir=str(dataset_dir) if dataset_dir else None,
-        preference_data=str(pref_file), preference_hash=file_hash(pref_file), preference_rows=len(rows),
-        init_adapter=str(parent_dir) if parent_dir else None,
-        parents=[parent["run_id"]] if parent.get("run_id") else [],
-        beta=cfg.preference.beta, loss_type="orpo" if t.objective == "orpo" else cfg.preference.loss_type,
-    )
+    checkpoint = start_epoch = None
+    if resume:
+        run_dir, pref_file, parent_dir, checkpoint = _resume_inputs(cfg, run_dir)
+        rows = load_preferences(pref_file, cfg.data.system_prompt)
+    else:
+        pref_file = preference_file(cfg)
+        rows = load_preferences(pref_file, cfg.data.system_prompt)
+        parent_dir, parent = (resolve_adapter(cfg, t.init_adapter) if t.init_adapter else (None, {}))
+        run_dir = start_run(
+            cfg, choice.device, choice.dtype,
+            dataset_hash=dataset_hash, dataset_dir=str(dataset_dir) if dataset_dir else None,
+            preference_data=str(pref_file), preference_hash=file_hash(pref_file), preference_rows=len(rows),
+            init_adapter=str(parent_dir) if parent_dir else None,
+            init_adapter_hash=_adapter_hash(parent_dir) if parent_dir else None,
+            parents=[parent["run_id"]] if parent.get("run_id") else [],
+            beta=cfg.preference.beta, loss_type="orpo" if t.objective == "orpo" else cfg.preference.loss_type,
+        )
     threads = _set_threads(t.threads) if choice.device == "cpu" else None
     torch.manual_seed(t.seed)
     model, tokenizer = load_model(cfg.model, adapter=parent_dir, for_training=True,
@@ -151,7 +186,11 @@ def train(
         hf_logging.set_verbosity(verbosity)
     quiet_trainer(trainer)
     update_run(run_dir, threads=threads, train_rows=len(rows))
-    _, runtime = run_trainer(run_dir, trainer.train)
+    if checkpoint is not None:
+        start_epoch = resuming.begin(run_dir, checkpoint)
+    _, runtime = run_trainer(
+        run_dir, lambda: trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    )
     out_dir = save_outputs(cfg, run_dir, trainer.model, tokenizer, dataset_hash, max_len,
                            {"preference_hash": file_hash(pref_file), "init_adapter": str(parent_dir or "") or None})
     history = trainer.state.log_history
@@ -160,14 +199,15 @@ def train(
     for h in reversed(history):
         first.update({k: float(h[k]) for k in PREF_METRICS if k in h})
     losses = loss_summary(history)
-    tokens_per_s = _pair_tokens(trainer.train_dataset) * float(trainer.state.epoch or 0.0) / max(runtime, 1e-9)
+    epochs = float(trainer.state.epoch or 0.0) - (start_epoch or 0.0)
+    tokens_per_s = _pair_tokens(trainer.train_dataset) * epochs / max(runtime, 1e-9)
     update_run(
         run_dir,
         status="completed",
         steps=int(trainer.state.global_step),
         **losses,
         preference_metrics={"first": first, "last": last},
-        train_runtime_s=round(runtime, 2),
+        train_runtime_s=resuming.total_runtime(run_dir, runtime) if checkpoint else round(runtime, 2),
         train_tokens_per_s=round(tokens_per_s, 1),
         adapter_dir=str(out_dir),
         finished=time.strftime("%Y-%m-%dT%H:%M:%S"),

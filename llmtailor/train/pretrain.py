@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from llmtailor.errors import TailorError
 from llmtailor.io import stable_hash
 from llmtailor.runs import update_run
+from llmtailor.train import resume as resuming
 from llmtailor.train.objectives import (
     loss_summary,
     quiet_trainer,
@@ -104,6 +105,15 @@ def pack_blocks(docs: list[TextDoc], tokenizer: Any, block_size: int) -> list[li
     return blocks
 
 
+def _resume_adapter(run_dir: Path, info: dict[str, Any]) -> Path | None:
+    """The adapter the interrupted run started from (recorded in run.json), which must still be there."""
+    parent_dir = Path(info["init_adapter"]) if info.get("init_adapter") else None
+    if parent_dir is not None and not (parent_dir / "adapter_config.json").exists():
+        raise TailorError(f"{run_dir}: its starting adapter {parent_dir} is gone; restore it to resume, or start a "
+                          "new run without --resume")
+    return parent_dir
+
+
 def train(
     cfg: TailorConfig,
     dataset_dir: Path | None,
@@ -127,8 +137,6 @@ def train(
     from llmtailor.train.sft import _sft_args
     from llmtailor.train.trainer import TailorSFTTrainer
 
-    if resume:
-        raise TailorError("--resume continues SFT runs only; start the pretraining run again")
     t, p = cfg.train, cfg.pretrain
     if say is None:
         from llmtailor.cli.output import console
@@ -137,8 +145,15 @@ def train(
     choice = choose_device(cfg.model)
     if t.method == "qlora" and choice.device != "cuda":
         raise TailorError("train.method 'qlora' needs a CUDA GPU with bitsandbytes; on CPU use method: lora")
-    docs = read_documents(source_paths(cfg), p.min_chars)
-    parent_dir, parent = (resolve_adapter(cfg, t.init_adapter) if t.init_adapter else (None, {}))
+    checkpoint, info = None, {}
+    if resume:
+        # The saved config's relative sources would resolve against the run folder: the files come from run.json.
+        run_dir, info, checkpoint = resuming.open_resume(run_dir, t.objective, t.save_steps)
+        docs = read_documents([Path(f) for f in info.get("corpus_files") or []] or source_paths(cfg), p.min_chars)
+        parent_dir, parent = _resume_adapter(run_dir, info), {}
+    else:
+        docs = read_documents(source_paths(cfg), p.min_chars)
+        parent_dir, parent = (resolve_adapter(cfg, t.init_adapter) if t.init_adapter else (None, {}))
     if parent_dir is not None and t.method == "full":
         raise TailorError("train.init_adapter needs an adapter method (lora, dora)")
     precision = choose_precision(t.precision or cfg.model.precision, choice.device,
@@ -149,13 +164,21 @@ def train(
     blocks = pack_blocks(docs, tokenizer, p.block_size)
     tokens = sum(len(b) for b in blocks)
     corpus = stable_hash([[str(d.path), stable_hash(d.text)] for d in docs])
-    run_dir = start_run(
-        cfg, choice.device, choice.dtype, dataset_hash=dataset_hash,
-        dataset_dir=str(dataset_dir) if dataset_dir else None, corpus_hash=corpus,
-        corpus_files=[str(d.path) for d in docs], corpus_tokens=tokens, blocks=len(blocks), block_size=p.block_size,
-        init_adapter=str(parent_dir) if parent_dir else None,
-        parents=[parent["run_id"]] if parent.get("run_id") else [], **precision.as_dict(),
-    )
+    if checkpoint is not None:
+        assert run_dir is not None
+        if (corpus, len(blocks), tokens) != (info.get("corpus_hash"), info.get("blocks"), info.get("corpus_tokens")):
+            raise TailorError(f"{run_dir}: the pretraining text changed since this run started (corpus "
+                              f"{info.get('corpus_hash')}, {info.get('blocks')} blocks; now {corpus}, {len(blocks)} "
+                              "blocks), so the resumed steps would train on other blocks; restore the files to "
+                              "resume, or start a new run without --resume")
+    else:
+        run_dir = start_run(
+            cfg, choice.device, choice.dtype, dataset_hash=dataset_hash,
+            dataset_dir=str(dataset_dir) if dataset_dir else None, corpus_hash=corpus,
+            corpus_files=[str(d.path) for d in docs], corpus_tokens=tokens, blocks=len(blocks),
+            block_size=p.block_size, init_adapter=str(parent_dir) if parent_dir else None,
+            parents=[parent["run_id"]] if parent.get("run_id") else [], **precision.as_dict(),
+        )
     threads = _set_threads(t.threads) if choice.device == "cpu" else None
     say(f"pretraining on {len(docs)} file(s): {tokens} tokens in {len(blocks)} blocks of up to {p.block_size}")
     dataset = Dataset.from_list([{"input_ids": b} for b in blocks])
@@ -175,13 +198,17 @@ def train(
     )
     quiet_trainer(trainer)
     update_run(run_dir, threads=threads, label_only_loss=trainer.label_only)
-    _, runtime = run_trainer(run_dir, trainer.train)
+    start_epoch = resuming.begin(run_dir, checkpoint) if checkpoint is not None else 0.0
+    _, runtime = run_trainer(
+        run_dir, lambda: trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    )
     out_dir = save_outputs(cfg, run_dir, trainer.model, tokenizer, dataset_hash, p.block_size,
                            {"corpus_hash": corpus, "init_adapter": str(parent_dir) if parent_dir else None})
     losses = loss_summary(trainer.state.log_history)
-    epochs = float(trainer.state.epoch or 0.0)
+    epochs = float(trainer.state.epoch or 0.0) - start_epoch
     tps = tokens * epochs / runtime if runtime > 0 else 0.0
     update_run(run_dir, status="completed", steps=int(trainer.state.global_step), **losses,
-               train_runtime_s=round(runtime, 2), train_tokens_per_s=round(tps, 1), adapter_dir=str(out_dir),
+               train_runtime_s=resuming.total_runtime(run_dir, runtime) if checkpoint else round(runtime, 2),
+               train_tokens_per_s=round(tps, 1), adapter_dir=str(out_dir),
                finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
     return TrainResult(run_dir, out_dir, losses["final_loss"], int(trainer.state.global_step), runtime, tps)

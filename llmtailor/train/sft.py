@@ -20,6 +20,8 @@ from llmtailor.errors import TailorError
 from llmtailor.io import write_json
 from llmtailor.runs import read_run, update_run
 from llmtailor.train.objectives import run_trainer, start_run, trainer_args
+from llmtailor.train.resume import begin, resume_checkpoint
+from llmtailor.train.resume import last_checkpoint as _last_checkpoint  # noqa: F401  (tests import it from here)
 
 if TYPE_CHECKING:
     from llmtailor.config import TailorConfig
@@ -55,42 +57,6 @@ def _code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{__version__}+{sha}" if sha else __version__
-
-
-def _complete(checkpoint: Path) -> bool:
-    """The Trainer writes trainer_state.json last: a run killed while saving leaves a folder without a valid one."""
-    import json
-
-    try:
-        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint; half-written ones (killed mid-save) are passed over."""
-    ckpts = sorted((run_dir / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    return next((c for c in reversed(ckpts) if _complete(c)), None)
-
-
-def _trim_metrics(path: Path, upto_step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from; those steps are trained again."""
-    import json
-
-    from llmtailor.io import write_jsonl
-
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by the interruption
-        if row.get("step", 0) <= upto_step:
-            kept.append(row)
-    write_jsonl(path, kept)
 
 
 def _set_threads(threads: int | None) -> int:
@@ -185,13 +151,7 @@ def train(
 
     checkpoint = None
     if resume:
-        if run_dir is None:
-            raise TailorError("resume needs the run folder to continue")
-        checkpoint = _last_checkpoint(run_dir)
-        if checkpoint is None:
-            raise TailorError(
-                f"{run_dir}: no checkpoint to resume from (checkpoints are written every {t.save_steps} steps)"
-            )
+        checkpoint = resume_checkpoint(run_dir, t.save_steps)
     else:
         run_dir = start_run(cfg, choice.device, choice.dtype, dataset_hash=dataset_hash,
                             dataset_dir=str(dataset_dir))
@@ -308,12 +268,7 @@ def train(
     trainer.remove_callback(PrinterCallback)
     start_epoch = 0.0
     if checkpoint is not None:
-        _trim_metrics(run_dir / "metrics.jsonl", int(checkpoint.name.split("-")[-1]))
-        state_file = checkpoint / "trainer_state.json"
-        if state_file.exists():
-            import json
-
-            start_epoch = float(json.loads(state_file.read_text()).get("epoch") or 0.0)
+        start_epoch = begin(run_dir, checkpoint)
     output, runtime = run_trainer(
         run_dir, lambda: trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     )
