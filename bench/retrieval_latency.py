@@ -854,10 +854,11 @@ def render_cold(c: dict) -> list[str]:
         lines.append(f"| {names.get(k, k)} | {v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f}) |"
                      f" {u['median']:.2f} ({u['min']:.2f}-{u['max']:.2f}) |"
                      f" {ip.get('embed_ms', '-')} | {ip.get('search_ms', '-')} |")
-    lines += ["", f"Same results with both runtimes: {c['same_results_both_runtimes']}; with LanceDB imported "
-              f"eagerly: {c.get('same_results_eager_lancedb')}. Largest imports of one"
-              " cold query (s, cumulative): " + ", ".join(f"{k} {v}" for k, v in c["top_imports_s"].items())
-              + "."]
+    same = [] if c["same_results_both_runtimes"] is None else [f"with both runtimes: {c['same_results_both_runtimes']}"]
+    if c.get("same_results_eager_lancedb") is not None:
+        same.append(f"with LanceDB imported eagerly: {c['same_results_eager_lancedb']}")
+    imports = ", ".join(f"{k} {v}" for k, v in c["top_imports_s"].items())
+    lines += ["", f"Same results {'; '.join(same)}. Largest imports of one cold query (s, cumulative): {imports}."]
     return lines
 
 
