@@ -318,3 +318,57 @@ def test_a_cache_that_cannot_be_joined_waits_for_the_batch_to_end(tok, monkeypat
         assert engine.prefix_misses == 0  # no prefix cache for such models
     finally:
         engine.stop()
+
+
+def test_adapter_layers_switch_per_batch_change_not_per_token(tok, tmp_path: Path, monkeypatch):
+    """With an adapter loaded, a base request's forward must not enter PEFT's `disable_adapter()` context: it walks
+    the whole model on entry and exit, every token (base requests ran at about half speed, bench/results/serve.md).
+    The layers are switched once when a batch changes between base and adapter, and answers stay exact."""
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTuner
+
+    adapter = make_adapter(tmp_path / "good", 11)
+    prompts = [ids_of(tok, t) for t in TEXTS[:2]]
+    want_base = reference(spiky(tok), tok, prompts[0], 20)
+    want_ad = reference(PeftModel.from_pretrained(spiky(tok), adapter).eval(), tok, prompts[1], 20)
+    switches = {"on": 0, "off": 0, "context": 0}
+    real_on, real_off = BaseTuner.enable_adapter_layers, BaseTuner.disable_adapter_layers
+
+    def on(self):
+        switches["on"] += 1
+        return real_on(self)
+
+    def off(self):
+        switches["off"] += 1
+        return real_off(self)
+
+    real_ctx = PeftModel.disable_adapter
+
+    def ctx(self):
+        switches["context"] += 1
+        return real_ctx(self)
+
+    monkeypatch.setattr(BaseTuner, "enable_adapter_layers", on)
+    monkeypatch.setattr(BaseTuner, "disable_adapter_layers", off)
+    monkeypatch.setattr(PeftModel, "disable_adapter", ctx)
+    engine = Engine(spiky(tok), tok, batch_wait_ms=0).start()
+    engine.add_adapter("good", adapter)
+    try:
+        for adapter_name, ids in (("good", prompts[1]), (None, prompts[0]), ("good", prompts[1]), (None, prompts[0])):
+            engine.complete(GenRequest(ids, 20, adapter=adapter_name))
+        assert switches["context"] == 0
+        # 4 batches alternating adapter/base: at most one switch per change (a few), never one per token (80).
+        assert 0 < switches["on"] + switches["off"] <= 4
+    finally:
+        engine.stop()
+    # exact answers through the switches
+    engine = Engine(spiky(tok), tok, batch_wait_ms=0).start()
+    engine.add_adapter("good", adapter)
+    try:
+        for adapter_name, ids, want in (("good", prompts[1], want_ad), (None, prompts[0], want_base),
+                                        ("good", prompts[1], want_ad), (None, prompts[0], want_base)):
+            req = GenRequest(ids, 20, adapter=adapter_name)
+            engine.complete(req)
+            assert req.ids == want
+    finally:
+        engine.stop()
