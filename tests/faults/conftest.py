@@ -47,3 +47,16 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float 
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, proc.returncode
     return time.monotonic() - start
+
+
+def train_yaml(model_dir: Path, save_steps: int, data: Path | None = None, **train: str) -> str:
+    """tailor.yaml for the training fault tests: the tiny model in fp32, registry off, optionally a chat dataset,
+    and a train section (2 epochs of batch 2, checkpoints every `save_steps`, one thread) with `train` added."""
+    text = (f"project: fault\nruns_dir: runs\nregistry:\n  enabled: false\n"
+            f"model:\n  base_model: {model_dir}\n  device: cpu\n  precision: fp32\n")
+    if data is not None:
+        text += (f"data:\n  sources: [{data}]\n  max_seq_len: 128\n  output_dir: {data.parent / 'datasets'}\n"
+                 f"  pii:\n    enabled: false\n  dedup:\n    enabled: false\n  split:\n    eval_fraction: 0.15\n")
+    fields = {"epochs": "2", "batch_size": "2", "save_steps": str(save_steps), "learning_rate": "0.005",
+              "warmup_ratio": "0.0", "threads": "1", **train}
+    return text + "train:\n" + "".join(f"  {k}: {v}\n" for k, v in fields.items())

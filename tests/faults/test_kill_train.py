@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmtailor.io import write_jsonl
-from tests.faults.conftest import cli, kill_when, run_cli
+from tests.faults.conftest import cli, kill_when, run_cli, train_yaml
 
 SAVE_STEPS = 3  # epoch boundaries fall on steps 10 and 20 (20 train rows, batch 2): never on a checkpoint
 
@@ -24,13 +24,7 @@ def _rows(n: int) -> list[dict]:
 
 def _project(root: Path, model_dir: Path, data: Path) -> Path:
     root.mkdir(parents=True)
-    (root / "tailor.yaml").write_text(
-        f"project: fault\nruns_dir: runs\nregistry:\n  enabled: false\n"
-        f"model:\n  base_model: {model_dir}\n  device: cpu\n  precision: fp32\n"
-        f"data:\n  sources: [{data}]\n  max_seq_len: 128\n  output_dir: {data.parent / 'datasets'}\n"
-        f"  pii:\n    enabled: false\n  dedup:\n    enabled: false\n  split:\n    eval_fraction: 0.15\n"
-        f"train:\n  epochs: 2\n  batch_size: 2\n  save_steps: {SAVE_STEPS}\n  learning_rate: 0.005\n"
-        f"  warmup_ratio: 0.0\n  threads: 1\n")
+    (root / "tailor.yaml").write_text(train_yaml(model_dir, SAVE_STEPS, data))
     return root
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmtailor.io import write_jsonl
-from tests.faults.conftest import cli, kill_when, run_cli
+from tests.faults.conftest import cli, kill_when, run_cli, train_yaml
 from tests.faults.test_kill_train import _ckpt_done, _losses, _rows
 
 SAVE_STEPS = 3  # 20 pairs / 20 blocks at batch 2: epoch boundaries on steps 10 and 20, never on a checkpoint
@@ -40,20 +40,10 @@ def _init_adapter(model_dir: Path, out: Path) -> Path:
     return out
 
 
-def _train_section(**extra: str) -> str:
-    lines = {"epochs": "2", "batch_size": "2", "save_steps": str(SAVE_STEPS), "learning_rate": "0.005",
-             "warmup_ratio": "0.0", "threads": "1", **extra}
-    return "train:\n" + "".join(f"  {k}: {v}\n" for k, v in lines.items())
-
-
 def _dpo_project(root: Path, model_dir: Path, chat: Path, prefs: Path, adapter: Path, objective: str) -> Path:
     root.mkdir(parents=True)
     (root / "tailor.yaml").write_text(
-        f"project: fault\nruns_dir: runs\nregistry:\n  enabled: false\n"
-        f"model:\n  base_model: {model_dir}\n  device: cpu\n  precision: fp32\n"
-        f"data:\n  sources: [{chat}]\n  max_seq_len: 128\n  output_dir: {chat.parent / 'datasets'}\n"
-        f"  pii:\n    enabled: false\n  dedup:\n    enabled: false\n  split:\n    eval_fraction: 0.15\n"
-        + _train_section(objective=objective, init_adapter=str(adapter))
+        train_yaml(model_dir, SAVE_STEPS, chat, objective=objective, init_adapter=str(adapter))
         + f"preference:\n  data: {prefs}\n  beta: 0.5\n")
     return root
 
@@ -64,9 +54,7 @@ def _pretrain_project(root: Path, model_dir: Path) -> Path:
         words = " ".join(f"clause {i}.{j}: the invoice is due within {j + 10} days" for j in range(2))
         (root / "corpus" / f"doc{i}.{'md' if i % 2 else 'txt'}").write_text(words + "\n")
     (root / "tailor.yaml").write_text(
-        f"project: fault\nruns_dir: runs\nregistry:\n  enabled: false\n"
-        f"model:\n  base_model: {model_dir}\n  device: cpu\n  precision: fp32\n"
-        + _train_section(objective="pretrain") + "pretrain:\n  sources: [corpus]\n  block_size: 16\n")
+        train_yaml(model_dir, SAVE_STEPS, objective="pretrain") + "pretrain:\n  sources: [corpus]\n  block_size: 16\n")
     return root
 
 
