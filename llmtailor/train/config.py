@@ -66,6 +66,10 @@ class TrainConfig(BaseModel):
         None, description="Compute precision of training: bf16 autocast (adapter weights stay fp32) or fp32. auto "
         "picks bf16 where the CPU has native BF16 instructions (AVX-512 BF16, AMX) or the GPU supports it; "
         "default: model.precision.")
+    attention: Literal["auto", "model"] = Field(
+        "auto", description="auto: on CPU under bf16, llmtailor's matmul attention (about twice as fast as PyTorch's "
+        "fused CPU kernel, same memory; see llmtailor/train/attention.py); elsewhere the model's own. model: always "
+        "the attention implementation the model loads with (sdpa, flash attention on CUDA).")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

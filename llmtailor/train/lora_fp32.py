@@ -55,8 +55,11 @@ def _mixed_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
     for name in self.active_adapters:
         if name not in self.lora_A:
             continue
-        delta = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](low))) * self.scaling[name]
-        result = result + delta if self._llmtailor_low_out else result.float() + delta.float()
+        # The scale multiplies the rank-r intermediate, not the output: the same product (linear maps commute
+        # with a scalar) on a tensor out_features/r times smaller.
+        delta = self.lora_B[name](self.lora_A[name](self.lora_dropout[name](low)) * self.scaling[name])
+        # fp32 sum: one upcast of the base output, then the bf16 delta is added in place (computed in fp32).
+        result = result + delta if self._llmtailor_low_out else result.float().add_(delta)
     return result
 
 

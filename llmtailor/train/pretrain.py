@@ -135,7 +135,7 @@ def train(
     from llmtailor.train.adapters import peft_config
     from llmtailor.train.callbacks import MetricsLogger, RichProgress
     from llmtailor.train.sft import _sft_args
-    from llmtailor.train.trainer import TailorSFTTrainer
+    from llmtailor.train.trainer import TailorSFTTrainer, attention_name
 
     t, p = cfg.train, cfg.pretrain
     if say is None:
@@ -195,9 +195,10 @@ def train(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
         peft_config=None if parent_dir is not None else peft_config(t), callbacks=all_callbacks,
         autocast_bf16=precision.bf16 and choice.device == "cpu", buckets=t.group_by_length,
+        cpu_attention=t.attention == "auto" and choice.device == "cpu",
     )
     quiet_trainer(trainer)
-    update_run(run_dir, threads=threads, label_only_loss=trainer.label_only)
+    update_run(run_dir, threads=threads, label_only_loss=trainer.label_only, attention=attention_name(trainer.model))
     start_epoch = resuming.begin(run_dir, checkpoint) if checkpoint is not None else 0.0
     _, runtime = run_trainer(
         run_dir, lambda: trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

@@ -135,7 +135,7 @@ def train(
     from llmtailor.train.adapters import peft_config
     from llmtailor.train.callbacks import MetricsLogger, RichProgress
     from llmtailor.train.dataset import build_dataset, count_tokens, load_rows
-    from llmtailor.train.trainer import TailorSFTTrainer
+    from llmtailor.train.trainer import TailorSFTTrainer, attention_name
 
     t = cfg.train
     if say is None:
@@ -245,6 +245,7 @@ def train(
         peft_config=None if init_adapter is not None else peft_config(t),
         callbacks=all_callbacks,
         autocast_bf16=precision.bf16 and choice.device == "cpu",
+        cpu_attention=t.attention == "auto" and choice.device == "cpu",
         buckets=bucket,
         **(trainer_kwargs or {}),
     )
@@ -261,6 +262,7 @@ def train(
         batching=batching,
         packing=packing,
         label_only_loss=trainer.label_only,
+        attention=attention_name(trainer.model),
     )
     # The Trainer prints log dicts on stdout when tqdm is off; stdout is reserved for --json output.
     from transformers.trainer_callback import PrinterCallback

@@ -56,11 +56,17 @@ def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
     return 1.0 - real / padded if padded else 0.0
 
 
+def attention_name(model: Any) -> str:
+    """The attention implementation the model runs with (for run.json)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return str(getattr(inner.config, "_attn_implementation", None) or "unknown")
+
+
 class TailorSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss projects only label positions and runs the forward under bf16 autocast on CPU."""
 
     def __init__(self, *args: Any, label_only: bool = True, autocast_bf16: bool = False, buckets: bool = False,
-                 **kwargs: Any):
+                 cpu_attention: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.label_only = label_only and backbone_and_head(self.model) is not None
         self.autocast_bf16 = autocast_bf16
@@ -68,6 +74,11 @@ class TailorSFTTrainer(SFTTrainer):
             from llmtailor.train.lora_fp32 import keep_adapters_fp32
 
             keep_adapters_fp32(self.model)
+        self.cpu_attention = False
+        if cpu_attention and autocast_bf16:
+            from llmtailor.train.attention import use_cpu_attention
+
+            self.cpu_attention = use_cpu_attention(self.model)
         self.buckets = buckets
         self.token_counts = {"real": 0, "positions": 0}
 
