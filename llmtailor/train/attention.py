@@ -1,11 +1,10 @@
 """Causal attention for bf16 training on CPU: matmul kernels, memory of a fused kernel.
 
-Measured on the 2-core AVX-512-BF16 CPU (SmolLM2 shapes, batch 8 x 200 tokens, forward + backward per layer):
-PyTorch's fused CPU attention (sdpa's flash kernel) takes ~52 ms, its math path ~50 ms, while the same work as
-three bf16 matmuls and a softmax (transformers' eager attention) takes ~26 ms, because oneDNN's bf16 GEMMs are far
-faster than the fused kernel's inner loops. Eager attention, though, keeps every layer's `batch x heads x seq x seq`
-probabilities for the backward pass (+530 MB on the demo). This function does eager's matmuls but keeps only
-q, k and v, like the fused kernel, and recomputes the probabilities in the backward pass (one extra matmul).
+On a CPU with native BF16, oneDNN's bf16 GEMMs beat the inner loops of PyTorch's fused CPU attention kernel (sdpa's
+flash path), so the same work as three bf16 matmuls and a softmax (transformers' eager attention) runs faster.
+Eager attention, though, keeps every layer's `batch x heads x seq x seq` probabilities for the backward pass. This
+function does eager's matmuls but keeps only q, k, v and the output, like the fused kernel, and recomputes the
+probabilities in the backward pass (one extra matmul). bench/attention_cpu.py measures all three per layer.
 
 Grouped-query attention is handled without repeating k and v: the query heads of a group are stacked along the
 sequence axis and share their key/value head. The mask is transformers' sdpa mask (None when plain causal, else a
