@@ -107,6 +107,7 @@ class SamplingFields(_Lenient):
     stream_options: dict[str, Any] | None = None
     stop: str | list[str] | None = None
     user: str | None = None
+    seed: int | None = None  # sampled answers repeat for the same seed, prompt and settings (as OpenAI's best effort)
 
 
 class ChatRequest(SamplingFields):
@@ -1043,7 +1044,7 @@ async def _generate_route(server: Server, request: Request, *, chat: bool) -> Re
         except TailorError as e:
             raise APIError(501, str(e), type="server_error", param="response_format") from None
     req = GenRequest(ids, max_tokens, adapter=target.adapter, temperature=temperature, top_p=top_p, stop=stops,
-                     label=body.model, constraint=constraint, owner=_owner(caller, sticky),
+                     seed=body.seed, label=body.model, constraint=constraint, owner=_owner(caller, sticky),
                      prefix_len=chat_prefix_len(server.tokenizer, messages, ids) if chat else 0)
     output_checks = _any_output(guard)
     shadow = _shadow_job(server, rid, caller, target, texts, guard, max_tokens, template=req, fmt=fmt)

@@ -113,9 +113,11 @@ def forward_names(model: Any) -> tuple[str, bool]:
     return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 
-def choose(scores: Any, temperatures: list[float], top_ps: list[float]) -> list[int]:
+def choose(scores: Any, temperatures: list[float], top_ps: list[float],
+           generators: list[Any] | None = None) -> list[int]:
     """Next token per row: argmax where temperature <= 0, else sampled after temperature and nucleus (top-p)
-    filtering, in the order and with the rule transformers' warpers use."""
+    filtering, in the order and with the rule transformers' warpers use. A row with its own torch.Generator (a
+    request with a seed) draws from it, so its answer does not depend on which other requests share the batch."""
     import torch
 
     greedy = scores.argmax(-1)
@@ -134,7 +136,12 @@ def choose(scores: Any, temperatures: list[float], top_ps: list[float]) -> list[
         drop = (cum <= (1 - p)) & (p < 1.0)
         drop[:, -1] = False  # keep at least the most likely token
         s = s.masked_fill(drop.scatter(1, sorted_idx, drop), float("-inf"))
-    picked = torch.multinomial(s.softmax(-1), num_samples=1).squeeze(1).tolist()
+    probs = s.softmax(-1)
+    gens = [generators[i] for i in hot] if generators is not None else [None] * len(hot)
+    if any(g is not None for g in gens):
+        picked = [int(torch.multinomial(probs[j], 1, generator=g)) for j, g in enumerate(gens)]
+    else:
+        picked = torch.multinomial(probs, num_samples=1).squeeze(1).tolist()
     for i, tok in zip(hot, picked, strict=True):
         out[i] = int(tok)
     return out

@@ -456,7 +456,8 @@ class Engine:
         for i, r in enumerate(reqs):
             if r.constraint is not None:
                 r.constraint.mask(scores[i], r.max_tokens - len(r.ids))
-        return choose(scores, [r.temperature for r in reqs], [r.top_p for r in reqs])
+        return choose(scores, [r.temperature for r in reqs], [r.top_p for r in reqs],
+                      [_generator(r, scores.device) for r in reqs])
 
     def _prefix_kv(self, model: Any, adapter: str | None, prefix: list[int], rows: int) -> Any:
         """A fresh copy of the prefix's KV cache for `rows` rows; computed (one forward pass) on a miss."""
@@ -554,6 +555,18 @@ class Engine:
         self.stats.finished(r, len(r.ids), seconds)
         r.emit(Event("done", finish_reason=reason, prompt_tokens=len(r.prompt_ids),
                      completion_tokens=len(r.ids)))
+
+
+def _generator(r: GenRequest, device: Any) -> Any:
+    """The request's own random generator when it asked for a seed (made once, on its first sampled token)."""
+    if r.seed is None or r.temperature <= 0:
+        return None
+    gen = r.__dict__.get("_generator")
+    if gen is None:
+        import torch
+
+        gen = r.__dict__["_generator"] = torch.Generator(device=device).manual_seed(int(r.seed) & 0x7FFFFFFFFFFFFFFF)
+    return gen
 
 
 def _is_peft(model: Any) -> bool:

@@ -384,7 +384,7 @@ class LlamaCppEngine(Engine):
         greedy = r.temperature <= 0
         slot.sampler = Sampler(self.native, temperature=0.0 if greedy else r.temperature,
                                top_p=1.0 if greedy else r.top_p, grammar=getattr(r.constraint, "grammar", None),
-                               seed=getattr(r, "seed", None))
+                               seed=r.seed)
 
     def _step(self, active: list[Slot]) -> None:
         """One step: every active sequence advances by one token (or one prefill chunk), one llama_decode per

@@ -39,6 +39,7 @@ class GenRequest:
     adapter: str | None = None  # engine adapter name (see Engine.add_adapter) or None for the base
     temperature: float = 0.0
     top_p: float = 1.0
+    seed: int | None = None  # sampling seed: the same seed gives the same sampled answer
     stop: list[str] = field(default_factory=list)
     label: str = ""  # model name as the client asked for it (metrics)
     owner: str = ""  # who asked (API key, else client address): queued requests are admitted round-robin by owner

@@ -113,6 +113,7 @@ class ShadowRunner:
             engine = self.server.engine
             constraint = await asyncio.to_thread(lambda: engine.structured().constraint(job.fmt, job.max_tokens))
         req = GenRequest(list(t.prompt_ids), t.max_tokens, adapter=adapter, temperature=t.temperature, top_p=t.top_p,
+                         seed=t.seed,
                          stop=list(t.stop), label=f"shadow:{adapter}", constraint=constraint, prefix_len=t.prefix_len)
         parts, final = [], None
         async for ev in self.server.engine.stream(req):

@@ -362,9 +362,7 @@ def test_sampled_requests_with_a_seed_repeat(wide, smol):
     ids = ids_for(tok, "Write a haiku about the sea.")
 
     def sampled():
-        r = GenRequest(ids, 16, temperature=0.9, top_p=0.9)
-        r.seed = 1234  # GenRequest has no seed field yet; the engine honours one when present
-        return r
+        return GenRequest(ids, 16, temperature=0.9, top_p=0.9, seed=1234)
 
     a, b = _together(wide, [sampled(), sampled()])
     assert a == b and a[0]

@@ -96,6 +96,19 @@ def test_bad_requests_get_openai_errors(client):
     assert error_of(client.get("/v1/nothing", headers=auth(key)), 404)["code"] == "unknown_url"
 
 
+def test_seed_repeats_a_sampled_answer(client):
+    key = client.keys["acme"]
+
+    def answer(seed):
+        r = chat(client, key, temperature=1.5, max_tokens=12, seed=seed)
+        assert r.status_code == 200, r.text
+        return r.json()["choices"][0]["message"]["content"]
+
+    first = answer(5)
+    assert answer(5) == first
+    assert any(answer(s) != first for s in (6, 7, 8))  # sampled, not greedy: other seeds give other answers
+
+
 def test_other_tenants_alias_is_invisible(client):
     globex = client.keys["globex"]
     names = [m["id"] for m in client.get("/v1/models", headers=auth(globex)).json()["data"]]

@@ -252,6 +252,21 @@ def test_sampling_rows_next_to_greedy_rows(tok):
         engine.stop()
 
 
+def test_a_seeded_request_repeats_whatever_shares_its_batch(tok):
+    prompts = [ids_of(tok, t) for t in TEXTS[:2]]
+    engine = Engine(spiky(tok), tok, batch_wait_ms=50).start()
+    try:
+        alone = Job(engine, prompts[0], 30, temperature=20.0, seed=11).wait().req.ids
+        # The same seed beside two unseeded sampled rows (which consume the global generator) gives the same tokens.
+        jobs = [Job(engine, prompts[0], 30, temperature=20.0, seed=11),
+                Job(engine, prompts[1], 30, temperature=20.0), Job(engine, prompts[0], 30, temperature=20.0)]
+        assert jobs[0].wait().req.ids == alone
+        other = Job(engine, prompts[0], 30, temperature=20.0, seed=12).wait().req.ids
+        assert other != alone  # the seed really drives the draw
+    finally:
+        engine.stop()
+
+
 def test_choose_follows_transformers_temperature_and_top_p():
     import torch
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
