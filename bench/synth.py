@@ -4,8 +4,11 @@ Every arm trains the packaged SmolLM2 with the demo's LoRA settings (same max_st
 held-out tickets (the demo's eval split, given to every arm as `data.test_sources`), through llmtailor's own
 pipeline: `prepare_stage`, `train_stage`, `eval_stage` (variant `tuned` only), `run_synth`. The evolved rows are
 made from the 50 human rows by `synth.generator` (default: the packaged base model itself; `--generator-run` points
-at a tuned run, `--generator-url` at an endpoint such as `tailor serve`). Repeats alternate the arms and change the
-training seed. Results: bench/results/synth.{json,md}.
+at a tuned run, `--generator-url` at an endpoint such as `tailor serve`) with `--template` (auto | wizardlm | direct),
+and answered by `--answerer-run` (a run tuned on the same 50 human rows only, so no arm sees more human data than it
+should; default: the generator answers). `--compare-template wizardlm` also runs the other template on the same seeds
+with the same answerer and records its kept/dropped counts (its rows are not trained on). Repeats alternate the arms
+and change the training seed. Results: bench/results/synth.{json,md}.
 
     python bench/synth.py                                   # full: 3 repeats (each repeat takes minutes)
     python bench/synth.py --repeats 1 --max-steps 2 --eval-rows 4 --seeds 4 --out /tmp/synth-smoke   # smoke test
@@ -16,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from importlib import resources
@@ -91,8 +96,16 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=60)
     ap.add_argument("--eval-rows", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--generator-run", help="Run folder whose adapter evolves and answers (default: the base).")
-    ap.add_argument("--generator-url", help="OpenAI-compatible endpoint that evolves and answers.")
+    ap.add_argument("--generator-run", help="Run folder whose adapter evolves (default: the base).")
+    ap.add_argument("--generator-url", help="OpenAI-compatible endpoint that evolves.")
+    ap.add_argument("--generator-key-env", help="Environment variable holding the endpoint's API key.")
+    ap.add_argument("--generator-model", default="default", help="Model name sent to the endpoint.")
+    ap.add_argument("--template", default="auto", choices=["auto", "wizardlm", "direct"], help="synth.template.")
+    ap.add_argument("--fewshot", type=int, default=2, help="synth.fewshot: example rows in the direct template.")
+    ap.add_argument("--noun", default="message", help="synth.noun: what a seed is, in the direct template.")
+    ap.add_argument("--answerer-run", help="Run folder whose adapter answers the evolved rows (default: generator).")
+    ap.add_argument("--compare-template", choices=["wizardlm", "direct"],
+                    help="Also evolve the same seeds with this template (counts only, not trained on).")
     ap.add_argument("--out", default=str(HERE / "results" / "synth"), help="Path stem of the .json and .md results.")
     ap.add_argument("--base-model", help="Model folder instead of the packaged SmolLM2 (smoke tests: a tiny model).")
     ap.add_argument("--no-pii", action="store_true", help="Skip PII redaction (smoke tests; the demo has PII).")
@@ -108,17 +121,38 @@ def main() -> None:
     write_jsonl(root / "data" / "human_all.jsonl", train)
     generator: dict = {"model": None}
     if args.generator_url:
-        generator = {"base_url": args.generator_url}
+        generator = {"base_url": args.generator_url, "endpoint_model": args.generator_model,
+                     "api_key_env": args.generator_key_env}
     elif args.generator_run:
         generator = {"run": str(Path(args.generator_run).resolve())}
-    synth_cfg = json.loads(json.dumps(cfg))
-    synth_cfg["data"]["sources"] = ["data/human_small.jsonl"]
-    synth_cfg["synth"] = {"generator": generator, "output": "data/synthetic.jsonl", "n_per_seed": args.n_per_seed,
-                          "max_seeds": args.seeds, "max_new_tokens": 160, "answer_max_new_tokens": 96}
-    (root / "synth.yaml").write_text(yaml.safe_dump(synth_cfg, sort_keys=False))
-    t0 = time.perf_counter()
-    synth = run_synth(load_config(root / "synth.yaml"), show_progress=True)
-    synth_s = time.perf_counter() - t0
+    answerer = {"run": str(Path(args.answerer_run).resolve())} if args.answerer_run else None
+    answerer_run = None
+    if args.answerer_run:  # what the answerer was trained on, to check it saw only the small arm's human rows
+        info = json.loads((Path(args.answerer_run) / "run.json").read_text())
+        answerer_run = {k: info.get(k) for k in ("run_id", "dataset_hash", "train_rows", "steps", "eval_summary")}
+
+    def synthesize(template: str, output: str) -> dict:
+        """run_synth with one template on the 50 seeds; its counts, seconds and models."""
+        c = json.loads(json.dumps(cfg))
+        c["data"]["sources"] = ["data/human_small.jsonl"]
+        c["synth"] = {"generator": generator, "answerer": answerer, "template": template, "fewshot": args.fewshot,
+                      "noun": args.noun, "output": output, "n_per_seed": args.n_per_seed, "max_seeds": args.seeds,
+                      "max_new_tokens": 160, "answer_max_new_tokens": 96}
+        path = root / f"synth-{template}.yaml"
+        path.write_text(yaml.safe_dump(c, sort_keys=False))
+        loaded = load_config(path)
+        t0 = time.perf_counter()
+        res = run_synth(loaded, show_progress=True)
+        return {**res.as_dict(), "seconds": round(time.perf_counter() - t0, 1),
+                "generator": loaded.synth.generator.describe(),
+                "answerer": (loaded.synth.answerer or loaded.synth.generator).describe()}
+
+    synth = synthesize(args.template, "data/synthetic.jsonl")
+    print(json.dumps({k: synth[k] for k in ("template", "kept", "dropped", "errors", "seconds")}))
+    compared = None
+    if args.compare_template:
+        compared = synthesize(args.compare_template, f"data/synthetic-{args.compare_template}.jsonl")
+        print(json.dumps({k: compared[k] for k in ("template", "kept", "dropped", "errors", "seconds")}))
 
     arms = {
         "human_small": ["data/human_small.jsonl"],
@@ -134,27 +168,34 @@ def main() -> None:
     load = os.getloadavg()[0]
     summary = {name: {m: summarise([x[m] for x in rows if x["arm"] == name])
                       for m in ("json_compliance", "field_accuracy_mean", "train_s")} for name in arms}
-    out = {"args": vars(args), "synth": synth.as_dict(), "synth_seconds": round(synth_s, 1), "runs": rows,
-           "summary": summary, "load_avg_1min": load, "loaded_machine": load > 1.5}
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], HERE.parent), *sys.argv[1:]])
+    out = {"command": command, "args": vars(args), "synth": synth, "synth_seconds": synth["seconds"],
+           "compared_template": compared, "answerer_run": answerer_run, "runs": rows, "summary": summary,
+           "load_avg_1min": load,
+           "loaded_machine": load > 1.5, "repeats_note": f"{args.repeats} training seed(s) per arm"
+           + (" (one seed: no spread, differences within a few points are noise)" if args.repeats == 1 else "")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(out, indent=2))
     label = f" (measured on a loaded machine, 1-min load {load:.1f})" if load > 1.5 else f" (1-min load {load:.1f})"
-    md = [f"# Synthetic data (Evol-Instruct) on the demo{label}", "",
-          f"`python bench/synth.py {_cli(args)}`",
-          "", f"Generator: {synth.as_dict()['totals']}; {args.repeats} repeat(s), {args.max_steps} steps per arm, "
-          f"{args.eval_rows} held-out tickets, same rows for every arm.", "",
-          "| arm | train rows | json_compliance median (min-max) | field_accuracy_mean median (min-max) |",
-          "|---|---:|---|---|"]
+    md = [f"# Synthetic data (Evol-Instruct) on the demo{label}", "", f"`{command}`", "",
+          f"Generator: `{json.dumps(synth['generator'])}`; answerer: `{json.dumps(synth['answerer'])}`. "
+          f"{out['repeats_note']}, {args.max_steps} steps per arm, {args.eval_rows} held-out tickets, same rows for "
+          "every arm.", "",
+          "| template | attempts | kept | dropped by reason | generator errors | seconds |",
+          "|---|---:|---:|---|---|---:|"]
+    for res in (synth, compared):
+        if res is not None:
+            drops = ", ".join(f"{k} {v}" for k, v in sorted(res["dropped"].items(), key=lambda kv: -kv[1])) or "-"
+            md.append(f"| {res['template']}{' (trained on)' if res is synth else ' (counts only)'} | "
+                      f"{res['attempts']} | {res['kept']} | {drops} | {res['errors'] or '-'} | {res['seconds']} |")
+    md += ["", "| arm | train rows | json_compliance median (min-max) | field_accuracy_mean median (min-max) |",
+           "|---|---:|---|---|"]
     for name in arms:
         s = summary[name]
-        n = next(x["train_rows"] for x in rows if x["arm"] == name)
+        n = next((x["train_rows"] for x in rows if x["arm"] == name), "-")
         md.append(f"| {name} | {n} | {_fmt(s['json_compliance'])} | {_fmt(s['field_accuracy_mean'])} |")
     Path(args.out + ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-
-
-def _cli(args: argparse.Namespace) -> str:
-    return " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in vars(args).items() if v)
 
 
 def _fmt(s: dict) -> str:

@@ -47,7 +47,7 @@ def project(tmp_path: Path, model_dir: Path, base_url: str, **synth) -> Path:
                  "pii": {"enabled": False}, "split": {"eval_fraction": 0.25}},
         "eval": {"json_schema": "schema.json"},
         "synth": {"generator": {"base_url": base_url, "timeout_s": 2, "retries": 0}, "n_per_seed": 2,
-                  "ops": ["constraints", "breadth"], **synth},
+                  "ops": ["constraints", "breadth"], "template": "wizardlm", **synth},
     }
     path = tmp_path / "tailor.yaml"
     path.write_text(yaml.safe_dump(cfg))
