@@ -75,7 +75,7 @@ class Generator(Protocol):
 class EndpointGenerator:
     """Any OpenAI-compatible `/chat/completions` endpoint, through httpx."""
 
-    def __init__(self, cfg: GeneratorConfig):
+    def __init__(self, cfg: GeneratorConfig, seed: int = 0):
         import httpx
 
         key = None
@@ -83,7 +83,7 @@ class EndpointGenerator:
             key = os.environ.get(cfg.api_key_env)
             if not key:
                 raise TailorError(f"generator api_key_env names ${cfg.api_key_env}, which is not set")
-        self.cfg = cfg
+        self.cfg, self.seed, self.calls = cfg, seed, 0
         self.name = f"{cfg.base_url} ({cfg.endpoint_model})"
         self.url = str(cfg.base_url).rstrip("/") + "/chat/completions"
         self.client = httpx.Client(headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=cfg.timeout_s)
@@ -108,8 +108,11 @@ class EndpointGenerator:
         return content
 
     def chat(self, messages: list[dict[str, str]], *, temperature: float, max_tokens: int) -> str:
+        # OpenAI's `seed`, different per call as the local generator's: an endpoint that honours it (tailor serve,
+        # vLLM, llama-server) samples the same rows again when the run is repeated.
         body = {"model": self.cfg.endpoint_model, "messages": messages, "temperature": temperature,
-                "max_tokens": max_tokens}
+                "max_tokens": max_tokens, "seed": self.seed * 100_003 + self.calls}
+        self.calls += 1
         for attempt in range(self.cfg.retries + 1):
             try:
                 return self._once(body)
@@ -190,7 +193,7 @@ def resolve_local(cfg: GeneratorConfig, model_cfg: Any, runs_dir: Path) -> tuple
 def make_generator(cfg: GeneratorConfig, model_cfg: Any, runs_dir: Path, *, seed: int = 0) -> Generator:
     """The endpoint client, or the local model loaded once."""
     if cfg.base_url:
-        return EndpointGenerator(cfg)
+        return EndpointGenerator(cfg, seed=seed)
     from llmtailor.models import load_model
 
     model, adapter, name = resolve_local(cfg, model_cfg, runs_dir)

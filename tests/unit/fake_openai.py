@@ -22,6 +22,7 @@ class FakeOpenAI:
 
     def __init__(self, reply: Reply, die_after: int | None = None):
         self.reply, self.die_after, self.requests = reply, die_after, 0
+        self.bodies: list[dict] = []  # every request body, in arrival order
         self.lock = threading.Lock()
         outer = self
 
@@ -34,6 +35,7 @@ class FakeOpenAI:
                 with outer.lock:
                     outer.requests += 1
                     n = outer.requests
+                    outer.bodies.append(body)
                 out = outer.reply(body["messages"], n)
                 if isinstance(out, tuple) and out[0] == "sleep":
                     time.sleep(out[1])
