@@ -102,9 +102,11 @@ def use_cpu_attention(model: Any) -> bool:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+    from llmtailor.train.loss import base_model_of
+
     AttentionInterface.register(NAME, cpu_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model_of(model)
     if not hasattr(inner, "set_attn_implementation"):
         return False
     try:

@@ -25,10 +25,15 @@ class LabelLoss:
     correct: int
 
 
+def base_model_of(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (the model itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def backbone_and_head(model: Any) -> tuple[Any, Any] | None:
     """(decoder backbone, LM head) of a causal LM, under a PEFT wrapper too (adapter layers stay injected in it);
     None for a model without that shape. Distributed wrappers never reach here: the trainer hands those to TRL."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model_of(model)
     backbone = getattr(inner, getattr(inner, "base_model_prefix", "model"), None)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     return (backbone, head) if backbone is not None and head is not None else None

@@ -15,13 +15,13 @@ def isolates_packed_rows(model: Any, atol: float = 1e-4) -> bool:
     """True when the second of two packed rows gets the same hidden states as when it runs alone."""
     import torch
 
-    from llmtailor.train.loss import backbone_and_head
+    from llmtailor.train.loss import backbone_and_head, base_model_of
 
     parts = backbone_and_head(model)
     if parts is None:
         return False
     backbone = parts[0]
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model_of(model)
     vocab = int(inner.config.get_text_config().vocab_size)
     gen = torch.Generator().manual_seed(0)
     first = torch.randint(3, vocab, (5,), generator=gen)

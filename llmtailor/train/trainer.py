@@ -14,7 +14,7 @@ from typing import Any
 from torch.utils.data import Sampler
 from trl import SFTTrainer
 
-from llmtailor.train.loss import backbone_and_head, label_only_loss
+from llmtailor.train.loss import backbone_and_head, base_model_of, label_only_loss
 
 
 class BucketSampler(Sampler[int]):
@@ -58,7 +58,7 @@ def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
 
 def attention_name(model: Any) -> str:
     """The attention implementation the model runs with (for run.json)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = base_model_of(model)
     return str(getattr(inner.config, "_attn_implementation", None) or "unknown")
 
 
