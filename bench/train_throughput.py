@@ -57,6 +57,8 @@ print("RESULT " + json.dumps({"num_tokens": logs[-1]["num_tokens"], "runtime_s":
 
 TAILOR = r'''
 import json, sys
+from llmtailor.cpu_memory import tune
+tune()  # as the `tailor` CLI does before torch loads
 from pathlib import Path
 from llmtailor.config import load_config
 from llmtailor.train.sft import train
@@ -205,8 +207,8 @@ def render(args: argparse.Namespace, results: dict[str, list[dict]], config: dic
         "Both sides get the same token ids and assistant-only labels (tokenized once by llmtailor's renderer). "
         "TRL side: TRL's defaults on CPU (fp32, every position projected by the LM head). llmtailor side: `tailor "
         "train` defaults (bf16 autocast where the CPU has native BF16, frozen base in bf16, adapter matmuls in bf16 "
-        "with fp32 sums, LM head only at label positions), length buckets off so the "
-        "order matches.",
+        "with fp32 sums, LM head only at label positions, llmtailor's CPU attention, padding-free batches, the "
+        "allocator settings of llmtailor/cpu_memory.py), length buckets off so the order matches.",
         "",
         "| trainer | tokens/s median (min–max) | peak RSS MB median (min–max) | loss, mean of last 3 steps |",
         "|---|---:|---:|---:|",

@@ -91,6 +91,10 @@ def _root(
     """llmtailor."""
 
 
+# Servers run for days and their load comes and goes: they keep the allocator's defaults, which hand memory back.
+LONG_LIVED = {"serve", "ui"}
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -108,6 +112,10 @@ def main() -> None:
         # Libraries' deprecation notices are for their own API users, not for people running `tailor`.
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
+    if not set(sys.argv[1:2]) & LONG_LIVED:
+        from llmtailor.cpu_memory import tune
+
+        tune()  # before torch loads; training steps reuse their freed activations (see cpu_memory.py)
     # A `kill` (SIGTERM) stops training the same way Ctrl-C does: the run is marked interrupted, resumable.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -8,7 +8,9 @@ probabilities in the backward pass (one extra matmul). bench/attention_cpu.py me
 
 Grouped-query attention is handled without repeating k and v: the query heads of a group are stacked along the
 sequence axis and share their key/value head. The mask is transformers' sdpa mask (None when plain causal, else a
-boolean mask, e.g. block-diagonal for packed rows), so padding and packing behave as with sdpa.
+boolean mask, e.g. block-diagonal for packed rows), so padding and packing behave as with sdpa. A padding-free row
+(several examples laid end to end, their boundaries in the collator's `cu_seq_lens`, as flash attention's varlen
+kernels take them) is attended example by example, so it costs what its examples cost, never the whole row squared.
 """
 
 from __future__ import annotations
@@ -84,17 +86,46 @@ def cpu_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: to
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+    bounds = _segments(kwargs, query, key)
+    if bounds is None:
+        return _attend(query, key, value, attention_mask, scale, dtype).contiguous(), None
+    # Padding-free batch (TRL's padding_free collator, packing): one row holding several examples, their starts in
+    # cu_seq_lens. Each example attends within itself, so the cost is the sum of their squared lengths instead of
+    # the square of the whole row, and no block-diagonal mask is built or read.
+    outs = [_attend(query[:, :, a:z], key[:, :, a:z], value[:, :, a:z], None, scale, dtype)
+            for a, z in zip(bounds[:-1], bounds[1:], strict=False) if z > a]
+    return torch.cat(outs, dim=1), None
+
+
+def _segments(kwargs: dict[str, Any], query: torch.Tensor, key: torch.Tensor) -> list[int] | None:
+    """Example boundaries of a padding-free row from the collator's cu_seq_lens; None for an ordinary batch."""
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+        return None
+    bounds = [int(x) for x in cu_q.tolist()]
+    if cu_k is not None and [int(x) for x in cu_k.tolist()] != bounds:
+        return None
+    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] > query.shape[2] or bounds != sorted(bounds):
+        raise ValueError(f"cu_seq_lens {bounds} do not describe a row of {query.shape[2]} tokens")
+    if bounds[-1] < query.shape[2]:  # trailing padding (pad_to_multiple_of): a segment of its own
+        bounds.append(query.shape[2])
+    return bounds
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None,
+            scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """[B, H, S, D] queries and [B, KV, T, D] keys/values to a [B, S, H, D] output."""
     b, h, s, d = query.shape
     kv_heads, t = key.shape[1], key.shape[2]
     groups = h // kv_heads
-    scale = scaling if scaling is not None else d**-0.5
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
     # The scale goes on q (a seq x dim tensor) rather than on the seq x seq scores; exact for a power of two
     # (1/8 for heads of 64).
     q = (query * scale).to(dtype).reshape(b, kv_heads, groups * s, d)
     bias = _bias(attention_mask, groups, s, t, query.device, dtype)
     out = _Attention.apply(q, key.to(dtype), value.to(dtype), bias)
-    return out.reshape(b, h, s, d).transpose(1, 2).contiguous(), None
+    return out.reshape(b, h, s, d).transpose(1, 2)
 
 
 def use_cpu_attention(model: Any) -> bool:

@@ -55,6 +55,12 @@ class TrainConfig(BaseModel):
     packing: bool = Field(False, description="Pack several rows into each sequence (no padding at all). Needs an "
                           "attention implementation that keeps packed rows apart; a probe checks, and when it fails "
                           "training falls back to length buckets and says so.")
+    padding_free: Literal["auto"] | bool = Field(
+        "auto", description="Lay each batch out as one row, its examples end to end with no padding (TRL's "
+        "padding_free): the same examples per step, no work spent on pad tokens. auto: on where the attention keeps "
+        "the examples apart at no extra cost (llmtailor's CPU attention; flash attention) and a probe confirms it. "
+        "true: also with other attention implementations, if the probe confirms they keep examples apart (sdpa "
+        "does, through a whole-row mask: slower attention). Otherwise padded batches, and run.json says why.")
     rehearsal: int = Field(0, ge=0, description="Self-rehearsal rows: before training, the model answers this many "
                            "general prompts and those answers join the training rows, so the adapter keeps the "
                            "model's behaviour outside the task (less forgetting). 0: off.")

@@ -34,7 +34,11 @@ def isolates_packed_rows(model: Any, atol: float = 1e-4) -> bool:
             alone = backbone(input_ids=second[None].to(device), use_cache=False).last_hidden_state[0]
             packed_ids = torch.cat([first, second])[None].to(device)
             positions = torch.cat([torch.arange(5), torch.arange(7)])[None].to(device)
-            packed = backbone(input_ids=packed_ids, position_ids=positions, use_cache=False).last_hidden_state[0, 5:]
+            # The boundaries as TRL's padding-free collator passes them too (varlen kernels read these, the others
+            # the restarting positions), so the probe takes the path training takes.
+            cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+            packed = backbone(input_ids=packed_ids, position_ids=positions, use_cache=False, cu_seq_lens_q=cu,
+                              cu_seq_lens_k=cu, max_length_q=7, max_length_k=7).last_hidden_state[0, 5:]
     finally:
         inner.train(was_training)
     return bool(torch.allclose(alone.float(), packed.float(), atol=atol, rtol=1e-3))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmtailor import __version__
+from llmtailor.cpu_memory import state as cpu_memory_state
 from llmtailor.errors import TailorError
 from llmtailor.io import write_json
 from llmtailor.runs import read_run, update_run
@@ -83,6 +84,7 @@ def _sft_args(
     max_len: int,
     *,
     packing: bool = False,
+    padding_free: bool = False,
     bf16_autocast: bool = False,
 ) -> Any:
     """TRL SFTConfig from our TrainConfig, with device-appropriate precision and optimizer.
@@ -96,8 +98,11 @@ def _sft_args(
     t = cfg.train
     on_cuda = device == "cuda"
     optim = t.optim or ("paged_adamw_8bit" if t.method == "qlora" else "adamw_torch")
+    common = trainer_args(cfg, run_dir, on_cuda=on_cuda, max_len=max_len, optim=optim)
+    if padding_free and not packing:
+        common["max_length"] = None  # TRL does not cut padding-free rows; build_dataset already cut them to max_len
     return SFTConfig(
-        **trainer_args(cfg, run_dir, on_cuda=on_cuda, max_len=max_len, optim=optim),
+        **common,
         bf16=on_cuda and (dtype == torch.bfloat16 or bf16_autocast),
         fp16=on_cuda and dtype == torch.float16 and not bf16_autocast,
         gradient_checkpointing=on_cuda and t.method in ("qlora", "full"),
@@ -105,9 +110,38 @@ def _sft_args(
         completion_only_loss=t.assistant_only_loss,
         packing=packing,
         packing_strategy="bfd",
-        padding_free=packing,
+        padding_free=packing or padding_free,
         remove_unused_columns=True,
     )
+
+
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def _padding_free(setting: str | bool, model: Any, device: str, bf16: bool, own_attention: bool,
+                  plain_sft: bool) -> tuple[bool, str]:
+    """(use padding-free batches, why): only where a probe shows the examples of one row stay apart, and, under
+    auto, only where the attention pays per example rather than for the whole row."""
+    from llmtailor.train.attention import NAME
+    from llmtailor.train.packing import isolates_packed_rows
+    from llmtailor.train.trainer import attention_name
+
+    if setting is False:
+        return False, "train.padding_free is false"
+    if not plain_sft:
+        return False, "this objective computes its loss on padded batches"
+    attention = attention_name(model)
+    if own_attention and device == "cpu" and bf16:
+        from llmtailor.train.attention import use_cpu_attention
+
+        if use_cpu_attention(model):  # the trainer switches to it too; here so the probe runs the same path
+            attention = NAME
+    varlen = attention == NAME or attention in VARLEN_ATTENTION
+    if setting == "auto" and not varlen:
+        return False, f"the attention ({attention}) would attend over the whole row (auto takes varlen attention only)"
+    if not isolates_packed_rows(model):
+        return False, f"the attention ({attention}) lets the examples of one row attend to each other"
+    return True, f"the attention ({attention}) keeps the examples of a row apart"
 
 
 def train(
@@ -227,6 +261,14 @@ def train(
     bucket = not packing and (t.group_by_length or t.packing)
     if bucket and not t.packing:
         batching = "length buckets"
+    padding_free, why = False, None
+    if not packing:
+        padding_free, why = _padding_free(t.padding_free, model, choice.device, precision.bf16,
+                                          t.attention == "auto", trainer_class is None)
+        if padding_free:
+            batching += ", padding-free (each batch one row, its examples kept apart by the attention)"
+        elif t.padding_free is True:
+            say(f"[yellow]padding-free batches asked for, but {why}: batches are padded[/]")
 
     all_callbacks: list[Any] = [MetricsLogger(run_dir / "metrics.jsonl"), *(callbacks or [])]
     if show_progress:
@@ -238,7 +280,8 @@ def train(
     trainer = (trainer_class or TailorSFTTrainer)(
         model=model,
         args=_sft_args(
-            cfg, run_dir, choice.device, choice.dtype, max_len, packing=packing, bf16_autocast=precision.bf16
+            cfg, run_dir, choice.device, choice.dtype, max_len, packing=packing, padding_free=padding_free,
+            bf16_autocast=precision.bf16,
         ),
         train_dataset=dataset,
         processing_class=tokenizer,
@@ -259,8 +302,11 @@ def train(
         **precision.as_dict(),
         base_weights="bf16" if frozen_bf16 else "as loaded",
         threads=threads,
+        cpu_memory=cpu_memory_state() or None,
         batching=batching,
         packing=packing,
+        padding_free=padding_free,
+        padding_free_reason=why,
         label_only_loss=trainer.label_only,
         attention=attention_name(trainer.model),
     )
