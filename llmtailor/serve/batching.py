@@ -11,6 +11,7 @@ so a row decodes as it would alone (left padding, as in `generate`).
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
@@ -217,3 +218,52 @@ class Lane:
         self.cache, self.mask = select_rows(self.cache, self.mask, keep)
         self.pos = self.pos[keep]
         self.last = self.last[keep]
+
+
+def plain_base(peft_model: Any) -> Any:
+    """The base model of a PeftModel as plain transformers modules: every PEFT wrapper (a LoRA layer around a Linear,
+    a modules-to-save copy) replaced by the module it wraps. Nothing is copied but the containers on the way down to a
+    wrapper (the same weight tensors; subtrees without wrappers are the model's own modules), so it costs no memory
+    and stays in step with the weights, but not with the set of wrappers: it must be rebuilt after an adapter loads
+    or leaves.
+
+    A base request run through the PeftModel with its adapter layers disabled passes every wrapped Linear through
+    PEFT's Python forward (argument checks, adapter bookkeeping): 210 extra module calls per token on SmolLM2-135M
+    with all-linear adapters, about 6 % slower single-stream decoding than the plain model, measured on this engine.
+    None when a LoRA layer is merged into its base weights (the wrapped layer would then not be the base).
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    try:
+        from peft.utils.other import AuxiliaryTrainingWrapper as Aux
+    except ImportError:  # pragma: no cover - PEFT before 0.15
+        from peft.utils.other import ModulesToSaveWrapper as Aux
+
+    class Merged(Exception):
+        pass
+
+    def unwrap(m: Any) -> Any:
+        while True:
+            if isinstance(m, BaseTunerLayer):
+                if m.merged:
+                    raise Merged
+                m = m.get_base_layer()
+            elif isinstance(m, Aux):
+                m = m.original_module
+            else:
+                return m
+
+    def clone(m: Any) -> Any:
+        m = unwrap(m)
+        kids = m._modules
+        new = {k: clone(c) if c is not None else None for k, c in kids.items()}
+        if all(new[k] is kids[k] for k in kids):
+            return m  # nothing wrapped below: the module itself
+        out = copy.copy(m)  # shares parameters, buffers and hooks; only the children differ
+        out._modules = new
+        return out
+
+    try:
+        return clone(peft_model.get_base_model())
+    except Merged:
+        return None

@@ -195,6 +195,10 @@ class ServeConfig(BaseModel):
     batch_wait_ms: float = Field(
         8.0, ge=0, le=1000, description="How long the batcher waits for more requests after the first arrives."
     )
+    stream_interval_ms: float = Field(
+        0.0, ge=0, le=1000, description="Streaming: after a chunk is sent, later tokens of the same answer wait this "
+        "long and go out together in one chunk (fewer wake-ups of the server's event loop and of the client). The "
+        "first token and the end of an answer are never held. 0 = one chunk per token whenever the server keeps up.")
     max_tokens_default: int = Field(256, ge=1, description="max_tokens when a request gives none.")
     max_tokens_limit: int = Field(4096, ge=1, description="Larger max_tokens values are rejected (400).")
     max_model_len: int | None = Field(

@@ -63,11 +63,13 @@ def build_engine(cfg: Any, choice: EngineChoice, stats: Any = None) -> Any:
         return LlamaCppEngine(gguf, load_tokenizer(cfg.model), slots=s.llamacpp_slots, n_ctx=s.max_model_len or 2048,
                               n_threads=s.llamacpp_threads, flash_attn=s.llamacpp_flash_attn,
                               max_loaded_adapters=s.max_loaded_adapters, stats=stats,
-                              adapter_gguf=lambda path: cached_adapter_gguf(path, gguf), max_queue=s.max_queue)
+                              adapter_gguf=lambda path: cached_adapter_gguf(path, gguf), max_queue=s.max_queue,
+                              stream_interval_ms=s.stream_interval_ms)
     from llmtailor.models import load_model
     from llmtailor.serve.engine import Engine
 
     model, tok = load_model(cfg.model)
     return Engine(model, tok, max_batch_size=s.max_batch_size, batch_wait_ms=s.batch_wait_ms,
                   max_model_len=s.max_model_len, max_loaded_adapters=s.max_loaded_adapters, stats=stats,
-                  prefix_cache_size=s.prefix_cache_size, prefix_min_tokens=s.prefix_min_tokens, max_queue=s.max_queue)
+                  prefix_cache_size=s.prefix_cache_size, prefix_min_tokens=s.prefix_min_tokens, max_queue=s.max_queue,
+                  stream_interval_ms=s.stream_interval_ms)

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from llmtailor.errors import TailorError, UnsupportedAdapter
-from llmtailor.serve.engine import Engine, EngineStats, GenRequest, fair_order
+from llmtailor.serve.engine import Engine, EngineStats, GenRequest, deferred_wakeups, fair_order
 from llmtailor.serve.llamacpp_batch import BatchContext, Entry, NativeModel, Sampler, Slot
 
 INSTALL_HINT = "pip install 'llmtailor[llamacpp]'"
@@ -185,8 +185,10 @@ class LlamaCppEngine(Engine):
 
     def __init__(self, gguf: Path, tokenizer: Any, *, slots: int = 4, n_ctx: int = 2048, n_threads: int | None = None,
                  max_loaded_adapters: int = 8, stats: EngineStats | None = None,
-                 adapter_gguf: Callable[[Path], Path] | None = None, max_queue: int = 256, flash_attn: bool = True):
+                 adapter_gguf: Callable[[Path], Path] | None = None, max_queue: int = 256, flash_attn: bool = True,
+                 stream_interval_ms: float = 0.0):
         lc = require_llama_cpp()
+        self.stream_interval = stream_interval_ms / 1000
         from llama_cpp._logger import set_verbose
 
         set_verbose(bool(os.environ.get("LLMTAILOR_DEBUG")))  # llama.cpp's own log goes through this logger
@@ -325,7 +327,8 @@ class LlamaCppEngine(Engine):
                     if self._running and not self._pending:
                         self._cond.wait(timeout=0.5)
                 continue
-            self._step(active)
+            with deferred_wakeups():  # one event-loop wake-up per step for all the requests it advanced
+                self._step(active)
 
     def _admit(self) -> None:
         """Give queued requests free slots, round-robin across owners (fair_order); each takes the free slot with

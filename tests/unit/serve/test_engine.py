@@ -387,3 +387,76 @@ def test_adapter_layers_switch_per_batch_change_not_per_token(tok, tmp_path: Pat
             assert req.ids == want
     finally:
         engine.stop()
+
+
+def test_a_prefill_hands_the_lm_head_one_densely_laid_out_column_per_row(tok, tmp_path: Path):
+    """Only the last column's logits are computed; the engine asks for it by index, so the LM head gets a fresh
+    [rows, 1, hidden] tensor instead of a view that keeps the prompt's row stride (`logits_to_keep=1`). On CPU a bf16
+    head whose weight does not require grad (PEFT freezes the base once an adapter is loaded) multiplies such a view
+    through a slow path: 1.2 s instead of 8 ms for an 8-row prefill of SmolLM2-135M. Answers stay exact."""
+    adapter = make_adapter(tmp_path / "good", 11)
+    prompts = [ids_of(tok, t) for t in TEXTS[:3]]
+    want = [reference(spiky(tok), tok, p, 12) for p in prompts]
+    model = spiky(tok)
+    seen: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    model.get_output_embeddings().register_forward_pre_hook(
+        lambda mod, args: seen.append((tuple(args[0].shape), tuple(args[0].stride()))))
+    engine = Engine(model, tok)
+    engine.add_adapter("good", adapter)
+    engine._run([GenRequest(prompts[0], 4, adapter="good")])  # the adapter loads: the base's weights are frozen
+    assert not engine.model.get_output_embeddings().weight.requires_grad
+    seen.clear()
+    reqs = [GenRequest(p, 12) for p in prompts]  # one left-padded prefill of three rows, then decoding steps
+    engine._run(reqs)
+    assert [r.ids for r in reqs] == want
+    assert seen and all(shape[1] == 1 for shape, _ in seen)
+    assert all(stride == (shape[2], shape[2], 1) for shape, stride in seen), seen[0]
+
+
+def test_base_rows_skip_peft_wrappers_once_adapters_are_loaded(tok, tmp_path: Path, monkeypatch):
+    """A batch without adapters runs the base's own modules (plain_base: the same weights, PEFT's wrappers taken out),
+    not the PeftModel with its adapter layers disabled, whose wrapped Linears each pass through PEFT's Python forward.
+    Adapter and mixed batches still go through PEFT; the plain view follows adapters that load later."""
+    from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from llmtailor.serve.engine import plain_base
+
+    good, other = make_adapter(tmp_path / "good", 11), make_adapter(tmp_path / "other", 12)
+    prompts = [ids_of(tok, t) for t in TEXTS[:2]]
+    want_base = reference(spiky(tok), tok, prompts[0], 16)
+    want_ad = reference(PeftModel.from_pretrained(spiky(tok), good).eval(), tok, prompts[1], 16)
+    calls = {"n": 0}
+    real = LoraLinear.forward
+
+    def counted(self, *a, **kw):
+        calls["n"] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(LoraLinear, "forward", counted)
+    engine = Engine(spiky(tok), tok)
+    engine.add_adapter("good", good)
+    engine.add_adapter("other", other)
+    ad = GenRequest(prompts[1], 16, adapter="good")
+    engine._run([ad])
+    assert ad.ids == want_ad and calls["n"] > 0
+    calls["n"] = 0
+    base = GenRequest(prompts[0], 16)
+    engine._run([base])
+    assert base.ids == want_base and calls["n"] == 0
+    plain = engine._plain
+    assert {id(p) for p in plain.parameters()} == {id(p) for n, p in engine.model.get_base_model().named_parameters()
+                                                   if "lora_" not in n}
+    assert not any(isinstance(m, LoraLinear) for m in plain.modules())
+    assert any(isinstance(m, LoraLinear) for m in engine.model.modules())  # the PeftModel itself is untouched
+    mixed = [GenRequest(prompts[0], 16), GenRequest(prompts[1], 16, adapter="good"),
+             GenRequest(prompts[0], 16, adapter="other")]
+    engine._run(mixed)
+    assert [mixed[0].ids, mixed[1].ids] == [want_base, want_ad] and calls["n"] > 0
+    assert engine._plain is None  # "other" loaded: rebuilt on the next base batch
+    again = GenRequest(prompts[0], 16)
+    engine._run([again])
+    assert again.ids == want_base and engine._plain is not plain
+
+    engine.model.base_model.merge_adapter(["good"])  # merged into the base weights: the wrapped Linear is not the base
+    assert plain_base(engine.model) is None
