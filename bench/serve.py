@@ -54,7 +54,9 @@ PROMPTS = [f"Write a long, detailed story about {TOPICS[i % len(TOPICS)]}, chapt
 BUILD_HINT = """llama-server build (about 12 min on 2 cores):
   pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 && tar xzf llama_cpp_python-0.3.36.tar.gz
   cmake -S llama_cpp_python-0.3.36/vendor/llama.cpp -B lcpp -G Ninja -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \\
-        -DLLAMA_BUILD_TESTS=OFF && cmake --build lcpp --target llama-server"""
+        -DLLAMA_BUILD_TESTS=OFF -DCMAKE_C_FLAGS=-U__AMX_INT8__ -DCMAKE_CXX_FLAGS=-U__AMX_INT8__ \\
+        && cmake --build lcpp --target llama-server
+(-U__AMX_INT8__ as for llmtailor's own build: ggml's AMX kernels crashed on a Xeon VM that reports AMX.)"""
 
 
 def free_port() -> int:
