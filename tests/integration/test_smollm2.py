@@ -96,7 +96,10 @@ def test_whole_loop_through_the_cli(tmp_path):
     assert {"json_compliance", "field_accuracy_mean", "data.leakage"} <= gate_paths
     # The speed paths are on and recorded: precision with its reason, label-only loss, the batching used.
     assert info["precision"] in ("bf16", "fp32") and info["precision_reason"]
-    assert info["label_only_loss"] is True and info["batching"] == "length buckets"
+    # Length buckets; with bf16 (padding_free auto) each batch is also one padding-free row, and run.json says so.
+    assert info["label_only_loss"] is True and info["batching"].startswith("length buckets")
+    assert info["padding_free"] == (info["precision"] == "bf16") and info["padding_free_reason"]
+    assert ("padding-free" in info["batching"]) == info["padding_free"]
     assert 0.0 <= info["padding_share"] < 0.5 and info["eval_precision"] == info["precision"]
     # Four steps on the task already lower the held-out loss on the answers.
     assert results["variants"]["tuned"]["eval_loss"] < results["variants"]["base"]["eval_loss"]
