@@ -38,9 +38,16 @@ def _wrap(model, method: str):
     return get_peft_model(model, cfg)
 
 
+@pytest.mark.parametrize("chunk", [64, 5], ids=["one-chunk", "chunks-of-5"])
 @pytest.mark.parametrize("method", ["lora", "dora", "full"])
-def test_label_only_loss_matches_trl_and_full_logits(tiny_tokenizer, method):
+def test_label_only_loss_matches_trl_and_full_logits(tiny_tokenizer, method, chunk, monkeypatch):
+    """The fused head + cross-entropy equals TRL's loss and gradients whether the label rows fit one chunk or are
+    split over several with a short last one (the batch has 15 label rows)."""
     from trl.trainer.utils import add_fused_lm_head
+
+    import llmtailor.train.loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "HEAD_CHUNK", chunk)
 
     base = build_tiny_model(tiny_tokenizer, seed=3)
     add_fused_lm_head(base)  # TRL's own SFT loss path, patched before PEFT as TRL does
@@ -57,7 +64,7 @@ def test_label_only_loss_matches_trl_and_full_logits(tiny_tokenizer, method):
     ours.loss.backward()
     assert abs(ours.loss.item() - trl_loss.item()) < 1e-5
     assert abs(ours.loss.item() - full_loss.item()) < 1e-5
-    assert ours.label_tokens == int((inputs["labels"][:, 1:] != -100).sum())
+    assert ours.label_tokens == int((inputs["labels"][:, 1:] != -100).sum()) and ours.label_tokens > 2 * 5
     for name, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, trl_grads[name], atol=1e-6, rtol=1e-4, msg=name)
