@@ -42,7 +42,7 @@ def _wrap(model, method: str):
 @pytest.mark.parametrize("method", ["lora", "dora", "full"])
 def test_label_only_loss_matches_trl_and_full_logits(tiny_tokenizer, method, chunk, monkeypatch):
     """The fused head + cross-entropy equals TRL's loss and gradients whether the label rows fit one chunk or are
-    split over several with a short last one (the batch has 15 label rows)."""
+    split over several with a short last one (the batch has 12 label rows: chunks of 5, 5 and 2)."""
     from trl.trainer.utils import add_fused_lm_head
 
     import llmtailor.train.loss as loss_mod
