@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
+from types import SimpleNamespace
 
+from llmtailor.serve import requests as requests_mod
 from llmtailor.serve.engine import Event, EventStream, GenRequest
 from llmtailor.serve.requests import deferred_wakeups
 
@@ -99,14 +100,19 @@ def test_an_interval_holds_later_deltas_but_never_the_first_one_or_the_end():
     assert handovers == 2
 
 
-def test_a_delta_after_the_interval_is_handed_over_with_the_ones_held_before_it():
+def test_a_delta_after_the_interval_is_handed_over_with_the_ones_held_before_it(monkeypatch):
+    # A fake clock: on a loaded CI machine the loop may take longer than any real interval to wake, which would
+    # hand "b" over alone; the stream's rule is about elapsed time, so the test controls time.
+    clock = [100.0]
+    monkeypatch.setattr(requests_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     seen = [threading.Event(), threading.Event()]
 
     def produce(stream: EventStream) -> None:
         stream.put(Event("delta", "a"))
         assert seen[0].wait(5)
+        clock[0] += 0.1
         stream.put(Event("delta", "b"))  # held: well within the interval after the hand-over of "a"
-        time.sleep(0.55)
+        clock[0] += 0.45
         stream.put(Event("delta", "c"))  # the interval has passed: "b" and "c" go out now, before the end
         assert seen[1].wait(5)
         stream.put(Event("done", finish_reason="stop"))
