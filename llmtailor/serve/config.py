@@ -188,6 +188,10 @@ class ServeConfig(BaseModel):
     llamacpp_flash_attn: bool = Field(
         True, description="llama.cpp engine: flash attention in each context (what llama-server picks by default on "
         "CPU); off reproduces the plain attention kernels (bench/results/serve.md measures both).")
+    lean_decode: bool = Field(
+        True, description="transformers engine: decoding steps of a plain Llama-family model on CPU run a lean "
+        "forward on the model's own weights (llmtailor/serve/lean.py; the same logits, fewer operations); off = "
+        "transformers' forward for every step (bench/results/serve.md measures both).")
     max_batch_size: int = Field(16, ge=1, le=256, description="Requests decoded together in one batch.")
     max_queue: int = Field(
         256, ge=1, description="Requests waiting for a decoding slot; when full, new ones get 503 with Retry-After "

@@ -37,6 +37,7 @@ from typing import Any
 
 from llmtailor.errors import TailorError
 from llmtailor.serve.batching import Detok, Lane, choose, forward_names, mergeable, new_cache, plain_base
+from llmtailor.serve.lean import LeanDecoder, supported_cache, unsupported
 
 # The request types live in requests.py; engine.py re-exports them, where engines and the server import them from.
 from llmtailor.serve.requests import (  # noqa: F401
@@ -60,8 +61,11 @@ class Engine:
     def __init__(self, model: Any, tokenizer: Any, *, max_batch_size: int = 16, batch_wait_ms: float = 8.0,
                  max_model_len: int | None = None, max_loaded_adapters: int = 8, mixed_adapters: bool = True,
                  stats: EngineStats | None = None, prefix_cache_size: int = 16, prefix_min_tokens: int = 8,
-                 merge_dora: bool = True, max_queue: int = 256, stream_interval_ms: float = 0.0):
+                 merge_dora: bool = True, max_queue: int = 256, stream_interval_ms: float = 0.0,
+                 lean_decode: bool = True):
         self.model = model
+        self.lean_decode = lean_decode
+        self._lean: dict[int, tuple[Any, Any]] = {}  # id(model) -> (model, LeanDecoder or None): see _lean_for
         self.stream_interval = stream_interval_ms / 1000  # see EventStream: deltas held back between hand-overs
         self.max_queue = max_queue
         self.tokenizer = tokenizer
@@ -440,6 +444,10 @@ class Engine:
                     model = plain
                 else:
                     self._lora_layers(model, False)
+        if ids.shape[1] == 1 and self.lean_decode:
+            lean = self._lean_for(model)
+            if lean is not None and supported_cache(cache):
+                return lean.step(ids, mask, positions, cache)
         spec = self._fwd_names.get(id(model))
         if spec is None:
             spec = self._fwd_names[id(model)] = forward_names(model)
@@ -448,6 +456,17 @@ class Engine:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     **{spec[0]: cache}, **kwargs)
         return out.logits[:, -1]
+
+    def _lean_for(self, model: Any) -> Any:
+        """The lean decoding step for this model (lean.py), or None where transformers' forward must run (another
+        architecture, PEFT's wrappers, not on CPU). Built once per model object; the model is kept with it so that
+        a new object can never reuse the id of a dropped one."""
+        got = self._lean.get(id(model))
+        if got is None or got[0] is not model:
+            live = {id(m) for m in (self.model, self._plain, *self._merged.values()) if m is not None}
+            self._lean = {k: v for k, v in self._lean.items() if k in live}  # views rebuilt or evicted since
+            got = self._lean[id(model)] = (model, LeanDecoder(model) if unsupported(model) is None else None)
+        return got[1]
 
     def _plain_base(self, model: Any) -> Any:
         """The base for a batch without adapters: the PeftModel's own modules and weights without PEFT's wrappers

@@ -72,4 +72,4 @@ def build_engine(cfg: Any, choice: EngineChoice, stats: Any = None) -> Any:
     return Engine(model, tok, max_batch_size=s.max_batch_size, batch_wait_ms=s.batch_wait_ms,
                   max_model_len=s.max_model_len, max_loaded_adapters=s.max_loaded_adapters, stats=stats,
                   prefix_cache_size=s.prefix_cache_size, prefix_min_tokens=s.prefix_min_tokens, max_queue=s.max_queue,
-                  stream_interval_ms=s.stream_interval_ms)
+                  stream_interval_ms=s.stream_interval_ms, lean_decode=s.lean_decode)

@@ -1,0 +1,121 @@
+"""The lean decoding step (serve/lean.py) computes what transformers' forward computes: the same logits for a
+left-padded batch with grouped-query attention and without, in fp32 and bf16, the same keys and values appended to
+the cache; the engine uses it for plain Llama models only, and greedy answers do not change with it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from llmtailor.serve.engine import Engine, GenRequest
+from llmtailor.serve.lean import LeanDecoder, supported_cache, unsupported
+from tests.unit.serve.conftest import make_adapter
+from tests.unit.serve.test_engine import TEXTS, ids_of, reference, sliding, spiky
+
+
+def _llama(tok, kv_heads: int, dtype=None):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.unit.serve.test_engine import scale_up
+
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=512,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    model = scale_up(LlamaForCausalLM(cfg))
+    return model.to(dtype) if dtype is not None else model
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tests.conftest import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.mark.parametrize("kv_heads", [2, 4], ids=["gqa", "mha"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lean_steps_equal_transformers_steps_on_a_left_padded_batch(tok, kv_heads, dtype):
+    import torch
+    from transformers import DynamicCache
+
+    model = _llama(tok, kv_heads, getattr(torch, dtype))
+    rows = [ids_of(tok, t) for t in TEXTS[:3]]
+    width = max(len(r) for r in rows)
+    ids = torch.full((3, width), tok.pad_token_id)
+    mask = torch.zeros((3, width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    lean = LeanDecoder(model)
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        twin = copy.deepcopy(cache)
+        nxt, nxt_lean = out.logits[:, -1].argmax(-1), out.logits[:, -1].argmax(-1)
+        p = pos[:, -1] + 1
+        assert supported_cache(cache)
+        for _ in range(6):
+            mask = torch.cat([mask, mask.new_ones((3, 1))], dim=1)
+            want = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=p[:, None], cache=cache,
+                         use_cache=True).logits[:, -1]
+            got = lean.step(nxt_lean[:, None], mask, p[:, None], twin)
+            if dtype == "float32":
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            else:  # bf16: the same operations in the same order; allow one rounding step of the logits
+                torch.testing.assert_close(got.float(), want.float(), atol=0.1, rtol=0.02)
+            nxt, nxt_lean, p = want.argmax(-1), got.argmax(-1), p + 1
+            assert torch.equal(nxt, nxt_lean)
+        for a, b in zip(cache.layers, twin.layers, strict=True):
+            assert a.keys.shape == b.keys.shape and a.values.shape == b.values.shape
+            torch.testing.assert_close(b.keys.float(), a.keys.float(), atol=1e-2, rtol=1e-2)
+            torch.testing.assert_close(b.values.float(), a.values.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_only_plain_llama_models_on_cpu_are_eligible(tok, tmp_path: Path):
+    from peft import PeftModel
+
+    assert unsupported(spiky(tok)) is None
+    assert "Qwen2ForCausalLM" in unsupported(sliding(tok))
+    wrapped = PeftModel.from_pretrained(spiky(tok), make_adapter(tmp_path / "a", 5))
+    assert unsupported(wrapped) is not None
+    assert "wrapped" in unsupported(wrapped.get_base_model())  # LoRA layers inside: PEFT's forward must run
+    biased = _llama(tok, 2)
+    biased.config.attention_bias = True
+    assert "bias" in unsupported(biased)
+    with pytest.raises(ValueError, match="not supported"):
+        LeanDecoder(sliding(tok))
+
+
+def test_the_engine_decodes_base_batches_through_the_lean_step_with_the_same_answers(tok, tmp_path: Path,
+                                                                                     monkeypatch):
+    prompts = [ids_of(tok, t) for t in TEXTS]
+    want = [reference(spiky(tok), tok, p, 24) for p in prompts]
+    calls = {"n": 0}
+    real = LeanDecoder.step
+
+    def counted(self, *a, **kw):
+        calls["n"] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(LeanDecoder, "step", counted)
+    for lean in (True, False):
+        calls["n"] = 0
+        engine = Engine(spiky(tok), tok, lean_decode=lean)
+        reqs = [GenRequest(p, 24) for p in prompts]
+        engine._run(reqs)
+        assert [r.ids for r in reqs] == want
+        assert (calls["n"] > 0) is lean
+    # with an adapter loaded, base batches go through the plain view (lean) and adapter batches through PEFT (not)
+    engine = Engine(spiky(tok), tok)
+    engine.add_adapter("a", make_adapter(tmp_path / "a", 7))
+    calls["n"] = 0
+    ad = GenRequest(prompts[0], 8, adapter="a")
+    engine._run([ad])
+    assert calls["n"] == 0
+    base = GenRequest(prompts[0], 24)
+    engine._run([base])
+    assert base.ids == want[0] and calls["n"] > 0
