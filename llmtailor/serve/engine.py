@@ -66,6 +66,8 @@ class Engine:
         self.model = model
         self.lean_decode = lean_decode
         self._lean: dict[int, tuple[Any, Any]] = {}  # id(model) -> (model, LeanDecoder or None): see _lean_for
+        self._lora_tables: dict[str, Any] = {}  # adapter -> lean_lora.table (laid out for the lean step) or reason
+        self._lora_stack: Any = None  # lean_lora.LoraBatch of the last batch's set of adapters
         self.stream_interval = stream_interval_ms / 1000  # see EventStream: deltas held back between hand-overs
         self.max_queue = max_queue
         self.tokenizer = tokenizer
@@ -178,6 +180,8 @@ class Engine:
             self._evict(victim)
         self._lora_on = None  # loading adds layers in their default (enabled) state
         self._plain = None  # and may wrap more layers: the plain view is rebuilt on its next use
+        self._lora_tables.pop(name, None)
+        self._lora_stack = None
         if self._is_merged(name):
             if isinstance(self.model, PeftModel):
                 self._lora_layers(self.model, True)  # the copy starts from the canonical, enabled state
@@ -198,6 +202,8 @@ class Engine:
             self.model.delete_adapter(name)
             self._lora_on = None
             self._plain = None
+            self._lora_tables.pop(name, None)
+            self._lora_stack = None
         for k in [k for k in self._prefixes if k[0] == name]:
             del self._prefixes[k]
 
@@ -428,7 +434,12 @@ class Engine:
             lane.keep(self._advance_rows(lane.rows, toks))
 
     def _forward(self, model: Any, names: list[str | None], ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
-        """Logits of the last position of each row, with the rows' adapters active (mixed through PEFT)."""
+        """Logits of the last position of each row, with the rows' adapters active (the lean step where it applies,
+        else transformers' forward, adapters mixed through PEFT)."""
+        if ids.shape[1] == 1 and self.lean_decode and supported_cache(cache):
+            logits = self._lean_forward(model, names, ids, mask, positions, cache)
+            if logits is not None:
+                return logits
         kwargs: dict[str, Any] = {}
         if model is self.model and _is_peft(model):  # merged DoRA copies and a model without adapters: plain forward
             if len(set(names)) > 1:
@@ -444,10 +455,6 @@ class Engine:
                     model = plain
                 else:
                     self._lora_layers(model, False)
-        if ids.shape[1] == 1 and self.lean_decode:
-            lean = self._lean_for(model)
-            if lean is not None and supported_cache(cache):
-                return lean.step(ids, mask, positions, cache)
         spec = self._fwd_names.get(id(model))
         if spec is None:
             spec = self._fwd_names[id(model)] = forward_names(model)
@@ -456,6 +463,42 @@ class Engine:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     **{spec[0]: cache}, **kwargs)
         return out.logits[:, -1]
+
+    def _lean_forward(self, model: Any, names: list[str | None], ids: Any, mask: Any, positions: Any,
+                      cache: Any) -> Any:
+        """A decoding step through the lean path (lean.py, lean_lora.py), or None where it does not apply."""
+        lora = None
+        if model is self.model and _is_peft(model):
+            base = self._plain_base(model)
+            if base is None:
+                return None
+            lean = self._lean_for(base)
+            if lean is None:
+                return None
+            if any(n is not None for n in names):
+                lora = self._lora_batch(model, lean, names)
+                if lora is None:
+                    return None
+        else:
+            lean = self._lean_for(model)
+            if lean is None:
+                return None
+        return lean.step(ids, mask, positions, cache, lora)
+
+    def _lora_batch(self, model: Any, lean: Any, names: list[str | None]) -> Any:
+        """The rows' LoRA adapters stacked for the lean step (lean_lora.LoraBatch), rebuilt only when the set of
+        adapters in the batch changes; None when one of them needs PEFT's forward (the reason is kept per adapter)."""
+        from llmtailor.serve.lean_lora import LoraBatch, table
+
+        slots = sorted({n for n in names if n is not None}) + ([None] if None in names else [])
+        for n in slots:
+            if n is not None and n not in self._lora_tables:
+                self._lora_tables[n] = table(model, n, lean.group_sizes, len(lean.layers))
+        if any(isinstance(self._lora_tables[n], str) for n in slots if n is not None):
+            return None
+        if self._lora_stack is None or self._lora_stack.slots != slots:
+            self._lora_stack = LoraBatch(slots, self._lora_tables, len(lean.layers))
+        return self._lora_stack.for_rows(names)
 
     def _lean_for(self, model: Any) -> Any:
         """The lean decoding step for this model (lean.py), or None where transformers' forward must run (another

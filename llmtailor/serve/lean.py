@@ -84,10 +84,14 @@ class LeanDecoder:
         ]
         self.q_width, self.kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         self.inter = cfg.intermediate_size
+        hidden = cfg.hidden_size
+        self.group_sizes = {"qkv": [self.q_width, self.kv_width, self.kv_width], "o": [hidden],
+                            "gu": [self.inter, self.inter], "down": [hidden]}
 
-    def step(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+    def step(self, ids: Any, mask: Any, positions: Any, cache: Any, lora: Any = None) -> Any:
         """Logits [rows, vocab] for `ids` [rows, 1] at `positions` [rows, 1], attending to the cache's columns plus
-        the new one under `mask` [rows, columns + 1] (0: padding); the new keys and values are appended to `cache`."""
+        the new one under `mask` [rows, columns + 1] (0: padding); the new keys and values are appended to `cache`.
+        `lora` (lean_lora.LoraBatch): each row's LoRA adapter, added to every projection it adapts."""
         import torch
         import torch.nn.functional as F
 
@@ -102,7 +106,10 @@ class LeanDecoder:
         gqa = nh != nkv
         qw, kvw, inter = self.q_width, self.kv_width, self.inter
         for i, (n1, wqkv, wo, n2, wgu, wd) in enumerate(self.layers):
-            qkv = F.linear(_rms(x, n1), wqkv)
+            h = _rms(x, n1)
+            qkv = F.linear(h, wqkv)
+            if lora is not None:
+                qkv = lora.add(qkv, h, i, "qkv")
             q = qkv[..., :qw].view(rows, 1, nh, hd).transpose(1, 2)
             k = qkv[..., qw:qw + kvw].view(rows, 1, nkv, hd).transpose(1, 2)
             v = qkv[..., qw + kvw:].view(rows, 1, nkv, hd).transpose(1, 2)
@@ -116,9 +123,16 @@ class LeanDecoder:
             else:  # as transformers does under a mask: each kv head's query heads as a sequence of queries
                 a = F.scaled_dot_product_attention(q.reshape(rows, nkv, nh // nkv, hd), keys, values,
                                                    attn_mask=attn_mask, scale=self.scale)
-            x = x + F.linear(a.reshape(rows, 1, nh * hd), wo)
-            gu = F.linear(_rms(x, n2), wgu)
-            x = x + F.linear(F.silu(gu[..., :inter]) * gu[..., inter:], wd)
+            a = a.reshape(rows, 1, nh * hd)
+            o = F.linear(a, wo)
+            x = x + (o if lora is None else lora.add(o, a, i, "o"))
+            h = _rms(x, n2)
+            gu = F.linear(h, wgu)
+            if lora is not None:
+                gu = lora.add(gu, h, i, "gu")
+            m = F.silu(gu[..., :inter]) * gu[..., inter:]
+            d = F.linear(m, wd)
+            x = x + (d if lora is None else lora.add(d, m, i, "down"))
         return F.linear(_rms(x, self.norm)[:, -1], self.head)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,13 +110,119 @@ def test_the_engine_decodes_base_batches_through_the_lean_step_with_the_same_ans
         engine._run(reqs)
         assert [r.ids for r in reqs] == want
         assert (calls["n"] > 0) is lean
-    # with an adapter loaded, base batches go through the plain view (lean) and adapter batches through PEFT (not)
+    # with an adapter loaded, base batches go through the plain view and adapter batches add the LoRA rows; with
+    # the lean step off, the same answers through PEFT
+    for lean in (True, False):
+        engine = Engine(spiky(tok), tok, lean_decode=lean)
+        engine.add_adapter("a", make_adapter(tmp_path / "a", 7))
+        calls["n"] = 0
+        ad = GenRequest(prompts[0], 24, adapter="a")
+        engine._run([ad])
+        assert (calls["n"] > 0) is lean
+        base = GenRequest(prompts[0], 24)
+        engine._run([base])
+        assert base.ids == want[0]
+        if lean:
+            lean_ad = ad.ids
+    assert ad.ids == lean_ad
+
+
+def _adapter(folder: Path, seed: int, targets: list[str], r: int, **extra) -> Path:
+    """A LoRA adapter on the tiny base with large random weights (answers visibly differ from the base's)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tests.conftest import build_tiny_model, build_tiny_tokenizer
+
+    base = build_tiny_model(build_tiny_tokenizer())
+    torch.manual_seed(seed)
+    pm = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False,
+                                         **extra))
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name:
+                p.mul_(20)
+    pm.save_pretrained(folder)
+    return folder
+
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def test_mixed_lora_rows_in_the_lean_step_equal_peft_mixed_batch_logits(tok, tmp_path: Path):
+    """Three adapters of different ranks and targets and a base row in one batch: the lean step's logits equal
+    PEFT's mixed-batch forward (adapter_names) in float32, step after step."""
+    import torch
+    from peft import PeftModel
+    from transformers import DynamicCache
+
+    from llmtailor.serve.batching import plain_base
+    from llmtailor.serve.lean_lora import LoraBatch, table
+
+    paths = {"a": _adapter(tmp_path / "a", 1, ["q_proj", "v_proj"], 4), "b": _adapter(tmp_path / "b", 2, ALL, 8),
+             "c": _adapter(tmp_path / "c", 3, ["k_proj", "o_proj", "down_proj"], 2)}
+    model = PeftModel.from_pretrained(spiky(tok), paths["a"], adapter_name="a")
+    for n in ("b", "c"):
+        model.load_adapter(paths[n], adapter_name=n)
+    model.eval()
+    names = ["b", None, "a", "c", "b"]
+    rows = [ids_of(tok, TEXTS[i % 4]) for i in range(5)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((5, width), tok.pad_token_id)
+    mask = torch.zeros((5, width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    adapter_names = [n if n is not None else "__base__" for n in names]
+    lean = LeanDecoder(plain_base(model))
+    tables = {n: table(model, n, lean.group_sizes, len(lean.layers)) for n in paths}
+    assert all(isinstance(t, list) for t in tables.values())
+    batch = LoraBatch(sorted(paths) + [None], tables, len(lean.layers)).for_rows(names)
+    with torch.inference_mode():
+        cache = DynamicCache(config=model.config)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                    adapter_names=adapter_names)
+        twin = copy.deepcopy(cache)
+        nxt, p = out.logits[:, -1].argmax(-1), pos[:, -1] + 1
+        for _ in range(5):
+            mask = torch.cat([mask, mask.new_ones((5, 1))], dim=1)
+            want = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=p[:, None], cache=cache,
+                         use_cache=True, adapter_names=adapter_names).logits[:, -1]
+            got = lean.step(nxt[:, None], mask, p[:, None], twin, batch)
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
+            nxt, p = want.argmax(-1), p + 1
+        plain = lean.step(nxt[:, None], torch.cat([mask, mask.new_ones((5, 1))], dim=1), p[:, None], twin)
+        assert not torch.allclose(plain, got)  # the adapters do change the answer
+
+
+@pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")
+def test_the_engine_serves_lora_rows_through_the_lean_step_and_peft_only_what_it_cannot(tok, tmp_path: Path,
+                                                                                      monkeypatch):
+    from peft import PeftModel
+
+    paths = {"a": _adapter(tmp_path / "a", 1, ["q_proj", "v_proj"], 4), "b": _adapter(tmp_path / "b", 2, ALL, 8),
+             "saved": _adapter(tmp_path / "s", 4, ["q_proj"], 4, modules_to_save=["lm_head"])}
+    prompt = ids_of(tok, TEXTS[0])
+    want = {n: reference(PeftModel.from_pretrained(spiky(tok), p).eval(), tok, prompt, 16) for n, p in paths.items()}
+    want[None] = reference(spiky(tok), tok, prompt, 16)
+    assert len({tuple(w) for w in want.values()}) == 4
+    seen: list[Any] = []
+    real = LeanDecoder.step
+
+    def counted(self, *a, **kw):
+        seen.append(a[4] if len(a) > 4 else kw.get("lora"))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(LeanDecoder, "step", counted)
     engine = Engine(spiky(tok), tok)
-    engine.add_adapter("a", make_adapter(tmp_path / "a", 7))
-    calls["n"] = 0
-    ad = GenRequest(prompts[0], 8, adapter="a")
-    engine._run([ad])
-    assert calls["n"] == 0
-    base = GenRequest(prompts[0], 24)
-    engine._run([base])
-    assert base.ids == want[0] and calls["n"] > 0
+    for n, p in paths.items():
+        engine.add_adapter(n, p)
+    reqs = [GenRequest(prompt, 16, adapter=n) for n in ("a", None, "b", "a")]
+    engine._run(reqs)
+    assert [r.ids for r in reqs] == [want[r.adapter] for r in reqs]
+    assert seen and all(lo is not None and lo.slots == ["a", "b", None] for lo in seen)
+    seen.clear()
+    solo = GenRequest(prompt, 16, adapter="saved")  # modules_to_save: PEFT's forward, the right answer all the same
+    engine._run([solo])
+    assert solo.ids == want["saved"] and seen == []
+    assert "modules" in engine._lora_tables["saved"]
