@@ -47,6 +47,7 @@ def generate_detailed(
     show_progress: bool = False,
     description: str = "Generating",
     constraint: Callable[[], Any] | None = None,
+    lean: bool = True,
 ) -> list[Generation]:
     """`generate`, plus per answer whether it was cut off: counted on the generated ids, because the decoded text
     hides budget spent on whitespace or special tokens that re-tokenising the answer cannot see.
@@ -54,6 +55,9 @@ def generate_detailed(
     `constraint`, when given, makes a fresh grammar matcher (serve.structured.Constraint) per answer: every row is
     decoded under it, the way the server enforces `response_format`. Its stop ids must be the tokenizer's eos (what
     generation stops on here), or a finished document would run on unconstrained.
+
+    `lean`: decode through the server's lean step (serve/lean.py) where it applies (a plain Llama model or one LoRA
+    adapter on it, on CPU, no constraint): the same greedy tokens as `model.generate`, fewer operations per token.
     """
     import torch
 
@@ -67,6 +71,8 @@ def generate_detailed(
     device = next(model.parameters()).device
 
     from llmtailor.cli.output import progress_bar
+
+    plan = lean_plan(model) if lean and constraint is None else None
 
     with progress_bar(description, len(encoded), enabled=show_progress) as advance:
         for start in range(0, len(order), batch_size):
@@ -87,18 +93,102 @@ def generate_detailed(
                 extra["logits_processor"] = LogitsProcessorList(
                     [batch_logits_processor([constraint() for _ in idx], width, max_new_tokens)])
             with torch.inference_mode():
-                out = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention.to(device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=pad_id,
-                    eos_token_id=tokenizer.eos_token_id,
-                    **extra,
-                )
+                if plan is not None:
+                    out = _greedy(model, plan, input_ids.to(device), attention.to(device), max_new_tokens, pad_id,
+                                  tokenizer.eos_token_id)
+                else:
+                    out = model.generate(
+                        input_ids=input_ids.to(device),
+                        attention_mask=attention.to(device),
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=pad_id,
+                        eos_token_id=tokenizer.eos_token_id,
+                        **extra,
+                    )
             for row, i in enumerate(idx):
                 new = out[row, width:]
                 cut = len(new) >= max_new_tokens and tokenizer.eos_token_id not in new.tolist()
                 outputs[i] = Generation(tokenizer.decode(new, skip_special_tokens=True).strip(), cut)
             advance(len(idx))
     return outputs
+
+
+# generation-config settings under which `generate`'s greedy choice is not the plain argmax of the logits
+_SCORE_SETTINGS = ("repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
+                   "encoder_no_repeat_ngram_size", "bad_words_ids", "min_length", "min_new_tokens", "suppress_tokens",
+                   "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "sequence_bias",
+                   "exponential_decay_length_penalty", "stop_strings", "force_words_ids", "constraints")
+
+
+def lean_plan(model: Any) -> tuple[Any, Any] | None:
+    """(LeanDecoder, LoraBatch or None) to decode `model` with, or None where `model.generate` must run: another
+    architecture, not on CPU, DoRA or other adapters the lean step cannot apply, several adapters active at once."""
+    from transformers import GenerationConfig
+
+    from llmtailor.serve.lean import LeanDecoder, unsupported
+
+    gc, default = getattr(model, "generation_config", None), GenerationConfig()
+    if gc is not None and any(getattr(gc, k, None) != getattr(default, k, None) for k in _SCORE_SETTINGS):
+        return None  # the generation config changes greedy scores (repetition penalty, banned words, ...)
+    if unsupported(model) is None:
+        return LeanDecoder(model), None
+    try:
+        from peft import PeftModel
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return None
+    if not isinstance(model, PeftModel):
+        return None
+    from llmtailor.serve.batching import plain_base
+    from llmtailor.serve.lean_lora import LoraBatch, table
+
+    base = plain_base(model)
+    if base is None or unsupported(base) is not None:
+        return None
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if not layers:
+        return LeanDecoder(base), None
+    if all(m.disable_adapters for m in layers):  # inside `disable_adapter()`: the base answers
+        return LeanDecoder(base), None
+    active = {tuple(m.active_adapters) for m in layers if not m.disable_adapters}
+    if len(active) != 1 or len(next(iter(active))) != 1 or any(m.disable_adapters for m in layers):
+        return None
+    name = next(iter(active))[0]
+    lean = LeanDecoder(base)
+    tab = table(model, name, lean.group_sizes, len(lean.layers))
+    if isinstance(tab, str):
+        return None
+    return lean, LoraBatch([name], {name: tab}, len(lean.layers)).for_rows([name])
+
+
+def _greedy(model: Any, plan: tuple[Any, Any], ids: Any, mask: Any, max_new_tokens: int, pad_id: int,
+            eos_id: int) -> Any:
+    """What `model.generate(do_sample=False)` returns for a left-padded batch: the prompt ids and then each row's
+    greedy tokens, padding after its end of turn, stopping when every row has ended or the budget is spent. The
+    prompt goes through the model's own forward (PEFT's, adapter active); every later token through the lean step."""
+    import torch
+
+    from llmtailor.serve.batching import new_cache
+
+    lean, lora = plan
+    rows = ids.shape[0]
+    pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    cache = new_cache(model)
+    # the last column by index: a dense tensor for the LM head (see serve.engine._last_position)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, cache=cache,
+                logits_to_keep=torch.tensor([ids.shape[1] - 1], device=ids.device))
+    done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
+    tokens: list[Any] = []
+    logits = out.logits[:, -1]
+    pos = pos[:, -1:]
+    for step in range(max_new_tokens):
+        nxt = logits.argmax(-1).masked_fill(done, pad_id)
+        tokens.append(nxt)
+        done |= nxt == eos_id
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones((rows, 1))], dim=1)
+        pos = pos + 1
+        logits = lean.step(nxt[:, None], mask, pos, cache, lora)
+    return torch.cat([ids, torch.stack(tokens, dim=1)], dim=1)
