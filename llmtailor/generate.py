@@ -141,25 +141,21 @@ def lean_plan(model: Any) -> tuple[Any, Any] | None:
     if not isinstance(model, PeftModel):
         return None
     from llmtailor.serve.batching import plain_base
-    from llmtailor.serve.lean_lora import LoraBatch, table
+    from llmtailor.serve.lean_lora import lora_batch
 
     base = plain_base(model)
     if base is None or unsupported(base) is not None:
         return None
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    if not layers:
-        return LeanDecoder(base), None
-    if all(m.disable_adapters for m in layers):  # inside `disable_adapter()`: the base answers
-        return LeanDecoder(base), None
-    active = {tuple(m.active_adapters) for m in layers if not m.disable_adapters}
-    if len(active) != 1 or len(next(iter(active))) != 1 or any(m.disable_adapters for m in layers):
-        return None
-    name = next(iter(active))[0]
     lean = LeanDecoder(base)
-    tab = table(model, name, lean.group_sizes, len(lean.layers))
-    if isinstance(tab, str):
-        return None
-    return lean, LoraBatch([name], {name: tab}, len(lean.layers)).for_rows([name])
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    disabled = {m.disable_adapters for m in layers}
+    if disabled <= {True}:  # no adapter layers, or inside `disable_adapter()`: the base answers
+        return lean, None
+    active = {tuple(m.active_adapters) for m in layers}
+    if disabled != {False} or len(active) != 1 or len(names := next(iter(active))) != 1:
+        return None  # some layers off, or several adapters active at once
+    lora = lora_batch(model, lean, list(names), {})
+    return None if lora is None else (lean, lora.for_rows(list(names)))
 
 
 def _greedy(model: Any, plan: tuple[Any, Any], ids: Any, mask: Any, max_new_tokens: int, pad_id: int,
@@ -169,15 +165,14 @@ def _greedy(model: Any, plan: tuple[Any, Any], ids: Any, mask: Any, max_new_toke
     prompt goes through the model's own forward (PEFT's, adapter active); every later token through the lean step."""
     import torch
 
-    from llmtailor.serve.batching import new_cache
+    from llmtailor.serve.batching import last_position, new_cache
 
     lean, lora = plan
     rows = ids.shape[0]
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     cache = new_cache(model)
-    # the last column by index: a dense tensor for the LM head (see serve.engine._last_position)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, cache=cache,
-                logits_to_keep=torch.tensor([ids.shape[1] - 1], device=ids.device))
+                logits_to_keep=last_position(ids))
     done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
     tokens: list[Any] = []
     logits = out.logits[:, -1]

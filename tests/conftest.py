@@ -87,3 +87,20 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     build_tiny_model(tiny_tokenizer).save_pretrained(d)
     tiny_tokenizer.save_pretrained(d)
     return d
+
+
+@pytest.fixture()
+def lean_steps(monkeypatch):
+    """Every call of the lean decoding step (serve/lean.py), recorded as the LoRA batch it was given (None: no
+    adapter rows): shows which path decoded, and with which adapters."""
+    from llmtailor.serve.lean import LeanDecoder
+
+    calls: list = []
+    real = LeanDecoder.step
+
+    def recorded(self, ids, mask, positions, cache, lora=None):
+        calls.append(lora)
+        return real(self, ids, mask, positions, cache, lora)
+
+    monkeypatch.setattr(LeanDecoder, "step", recorded)
+    return calls

@@ -103,6 +103,23 @@ def select_rows(cache: Any, mask: Any, keep: list[int]) -> tuple[Any, Any]:
     return cache, mask
 
 
+def last_position(ids: Any) -> Any:
+    """`logits_to_keep` for a forward over `ids`: only the last position's logits.
+
+    One new token per row (a decoding step): 1. A prefill: the index of the last column as a tensor, so the model
+    gathers that column into a fresh, densely laid out [rows, 1, hidden] tensor for the LM head. The slice that
+    `logits_to_keep=1` takes instead keeps the prompt's row stride, and a bf16 LM head whose weight does not require
+    grad (PEFT freezes the base as soon as one adapter is loaded) multiplies such a view through a slow path on CPU:
+    166 ms instead of 7 for one row of SmolLM2-135M, 1.2 s instead of 8 ms for eight, measured on this engine; time to
+    first token over HTTP rose from 0.16 s to 1.3 s for 8 streams once any adapter had been used."""
+    width = ids.shape[1]
+    if width == 1:
+        return 1
+    import torch
+
+    return torch.tensor([width - 1], device=ids.device)
+
+
 def forward_names(model: Any) -> tuple[str, bool]:
     """The model's keyword for the KV cache (`cache` from transformers 5.24, `past_key_values` before) and whether
     its forward takes `logits_to_keep`."""

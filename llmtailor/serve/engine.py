@@ -36,7 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from llmtailor.errors import TailorError
-from llmtailor.serve.batching import Detok, Lane, choose, forward_names, mergeable, new_cache, plain_base
+from llmtailor.serve.batching import (
+    Detok,
+    Lane,
+    choose,
+    forward_names,
+    last_position,
+    mergeable,
+    new_cache,
+    plain_base,
+)
 from llmtailor.serve.lean import LeanDecoder, supported_cache, unsupported
 
 # The request types live in requests.py; engine.py re-exports them, where engines and the server import them from.
@@ -459,7 +468,7 @@ class Engine:
         if spec is None:
             spec = self._fwd_names[id(model)] = forward_names(model)
         if spec[1]:
-            kwargs["logits_to_keep"] = _last_position(ids)
+            kwargs["logits_to_keep"] = last_position(ids)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                     **{spec[0]: cache}, **kwargs)
         return out.logits[:, -1]
@@ -467,37 +476,29 @@ class Engine:
     def _lean_forward(self, model: Any, names: list[str | None], ids: Any, mask: Any, positions: Any,
                       cache: Any) -> Any:
         """A decoding step through the lean path (lean.py, lean_lora.py), or None where it does not apply."""
+        peft = model is self.model and _is_peft(model)
+        if peft:
+            model = self._plain_base(model)  # the base's own modules; LoRA rows are added by the lean step
+        lean = self._lean_for(model) if model is not None else None
+        if lean is None:
+            return None
         lora = None
-        if model is self.model and _is_peft(model):
-            base = self._plain_base(model)
-            if base is None:
-                return None
-            lean = self._lean_for(base)
-            if lean is None:
-                return None
-            if any(n is not None for n in names):
-                lora = self._lora_batch(model, lean, names)
-                if lora is None:
-                    return None
-        else:
-            lean = self._lean_for(model)
-            if lean is None:
+        if peft and any(n is not None for n in names):
+            lora = self._lora_batch(lean, names)
+            if lora is None:
                 return None
         return lean.step(ids, mask, positions, cache, lora)
 
-    def _lora_batch(self, model: Any, lean: Any, names: list[str | None]) -> Any:
+    def _lora_batch(self, lean: Any, names: list[str | None]) -> Any:
         """The rows' LoRA adapters stacked for the lean step (lean_lora.LoraBatch), rebuilt only when the set of
         adapters in the batch changes; None when one of them needs PEFT's forward (the reason is kept per adapter)."""
-        from llmtailor.serve.lean_lora import LoraBatch, table
+        from llmtailor.serve.lean_lora import lora_batch
 
         slots = sorted({n for n in names if n is not None}) + ([None] if None in names else [])
-        for n in slots:
-            if n is not None and n not in self._lora_tables:
-                self._lora_tables[n] = table(model, n, lean.group_sizes, len(lean.layers))
-        if any(isinstance(self._lora_tables[n], str) for n in slots if n is not None):
-            return None
         if self._lora_stack is None or self._lora_stack.slots != slots:
-            self._lora_stack = LoraBatch(slots, self._lora_tables, len(lean.layers))
+            self._lora_stack = lora_batch(self.model, lean, slots, self._lora_tables)
+            if self._lora_stack is None:
+                return None
         return self._lora_stack.for_rows(names)
 
     def _lean_for(self, model: Any) -> Any:
@@ -639,23 +640,6 @@ class Engine:
         self.stats.finished(r, len(r.ids), seconds)
         r.emit(Event("done", finish_reason=reason, prompt_tokens=len(r.prompt_ids),
                      completion_tokens=len(r.ids)))
-
-
-def _last_position(ids: Any) -> Any:
-    """`logits_to_keep` for a forward over `ids`: only the last position's logits.
-
-    One new token per row (a decoding step): 1. A prefill: the index of the last column as a tensor, so the model
-    gathers that column into a fresh, densely laid out [rows, 1, hidden] tensor for the LM head. The slice that
-    `logits_to_keep=1` takes instead keeps the prompt's row stride, and a bf16 LM head whose weight does not require
-    grad (PEFT freezes the base as soon as one adapter is loaded) multiplies such a view through a slow path on CPU:
-    166 ms instead of 7 for one row of SmolLM2-135M, 1.2 s instead of 8 ms for eight, measured on this engine; time to
-    first token over HTTP rose from 0.16 s to 1.3 s for 8 streams once any adapter had been used."""
-    width = ids.shape[1]
-    if width == 1:
-        return 1
-    import torch
-
-    return torch.tensor([width - 1], device=ids.device)
 
 
 def _generator(r: GenRequest, device: Any) -> Any:

@@ -1,17 +1,17 @@
 """A lean decoding step for Llama-family models on CPU.
 
-A decoding step of a small model on CPU is dominated by per-operation overhead, not arithmetic: for SmolLM2-135M one
-token costs ~36 ms through transformers' forward, of which the matrix products take ~20. The rest is Python and
-dispatch: module calls with their hooks, the output-capturing and mask-building machinery, keyword plumbing, the
+A decoding step of a small model on CPU pays much per-operation overhead besides its arithmetic: Python and
+dispatch, module calls with their hooks, the output-capturing and mask-building machinery, keyword plumbing, the
 cache object's bookkeeping, RMSNorm and RoPE written as many small operations. Raw `model.generate` pays all of it
 too. This module runs the same computation on the model's own weights (shared, not copied) with the fewest
 operations: fused RMSNorm (`F.rms_norm`), one RoPE table per step for all layers, grouped-query attention without
 repeated keys (as transformers does it), the attention mask built once per step, the cache's tensors appended to
 directly.
 
-It is used for decoding steps (one new token per row) of a plain Llama model: the base with no adapter in the batch,
-or a model with an adapter merged in. Prefill, PEFT-wrapped models and every other architecture keep transformers'
-forward. `supports` says why a model is not eligible; the engine then simply does not use it.
+The serving engine and llmtailor/generate.py use it for decoding steps (one new token per row) of a plain Llama
+model: the base (LoRA rows added by lean_lora.py) or a model with an adapter merged in. Prefill, adapters that
+lean_lora.py cannot apply and every other architecture keep transformers' and PEFT's forward. `unsupported` says why
+a model is not eligible; the callers then simply do not use the lean step.
 """
 
 from __future__ import annotations
@@ -138,9 +138,9 @@ class LeanDecoder:
 
 def fuse_rows(linears: list[Any]) -> Any:
     """One weight matrix for several Linears that read the same input (q, k, v; gate, up): one matrix product per
-    step instead of several, which on CPU saves each small product's fixed cost (measured: 19.5 ms -> 16.8 ms for the
-    30 layers of SmolLM2-135M in bf16). The Linears' weights become row slices (views) of the fused matrix, so no
-    memory is added, the model's own forward still works, and an in-place change of a weight is seen by both."""
+    step instead of several, which on CPU saves each small product's fixed cost. The Linears' weights become row
+    slices (views) of the fused matrix, so no memory is added, the model's own forward still works, and an in-place
+    change of a weight is seen by both."""
     import torch
 
     weights = [m.weight for m in linears]

@@ -79,6 +79,17 @@ def table(peft_model: Any, name: str, sizes: dict[str, list[int]], n_layers: int
     return out
 
 
+def lora_batch(peft_model: Any, lean: Any, slots: list[str | None], tables: dict[str, Table | str]) -> LoraBatch | None:
+    """The adapters `slots` (None: a base slot) of a PeftModel stacked for `lean` (a LeanDecoder of its base), or
+    None when one of them needs PEFT's forward. `tables` caches each adapter's layout, or the reason, across calls."""
+    for n in slots:
+        if n is not None and n not in tables:
+            tables[n] = table(peft_model, n, lean.group_sizes, len(lean.layers))
+    if any(isinstance(tables[n], str) for n in slots if n is not None):
+        return None
+    return LoraBatch(slots, tables, len(lean.layers))  # type: ignore[arg-type]
+
+
 class LoraBatch:
     """The adapters of one batch, stacked per layer and group, and each row's slot among them."""
 
@@ -106,11 +117,16 @@ class LoraBatch:
             self.layers.append(entry)
         self.rows: Any = None
         self.index: Any = None
+        self.names: list[str | None] | None = None
 
     def for_rows(self, names: list[str | None]) -> LoraBatch:
-        """Point each row at its adapter's slot (None: the batch has one slot and every row uses it)."""
+        """Point each row at its adapter's slot (None: the batch has one slot and every row uses it); kept while
+        the rows stay the same, so a decoding step without joins or leaves builds nothing."""
         import torch
 
+        if names == self.names:
+            return self
+        self.names = list(names)
         if len(self.slots) == 1:
             self.rows = self.index = None
         else:

@@ -12,23 +12,14 @@ PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
            "A customer cannot log in after resetting the password. Which team should handle the ticket?"]
 
 
-def test_lean_and_transformers_steps_give_the_same_answers(monkeypatch):
+def test_lean_and_transformers_steps_give_the_same_answers(lean_steps):
     from llmtailor.chat import prompt_ids
     from llmtailor.config import ModelConfig
     from llmtailor.models import load_model
     from llmtailor.serve.engine import Engine, GenRequest
-    from llmtailor.serve.lean import LeanDecoder
 
     model, tok = load_model(ModelConfig())
     ids = [prompt_ids(tok, [{"role": "user", "content": p}]) for p in PROMPTS]
-    calls = {"n": 0}
-    real = LeanDecoder.step
-
-    def counted(self, *a, **kw):
-        calls["n"] += 1
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(LeanDecoder, "step", counted)
     answers = {}
     for lean in (False, True):
         engine = Engine(model, tok, lean_decode=lean, prefix_cache_size=0)
@@ -37,12 +28,12 @@ def test_lean_and_transformers_steps_give_the_same_answers(monkeypatch):
         batch = [GenRequest(x, 24) for x in ids]
         engine._run(batch)
         answers[lean] = [one.ids] + [r.ids for r in batch]
-    assert calls["n"] > 0
+    assert lean_steps
     assert answers[True] == answers[False]
     assert "Paris" in tok.decode(answers[True][0])
 
 
-def test_lora_rows_in_the_lean_step_answer_as_peft_does(tmp_path, monkeypatch):
+def test_lora_rows_in_the_lean_step_answer_as_peft_does(tmp_path, lean_steps):
     """A LoRA adapter on every projection of SmolLM2 (random, non-zero), served on the bf16 base: the lean step gives
     the answers PEFT's forward gives, alone and in a batch of adapter rows. In a batch mixing base and adapter rows,
     PEFT rounds each adapter's product to bf16 before adding it (its mixed-batch path) while the lean step adds in
@@ -54,7 +45,6 @@ def test_lora_rows_in_the_lean_step_answer_as_peft_does(tmp_path, monkeypatch):
     from llmtailor.config import ModelConfig
     from llmtailor.models import load_model
     from llmtailor.serve.engine import Engine, GenRequest
-    from llmtailor.serve.lean import LeanDecoder
 
     model, tok = load_model(ModelConfig(), dtype=torch.float32)
     torch.manual_seed(0)
@@ -65,14 +55,6 @@ def test_lora_rows_in_the_lean_step_answer_as_peft_does(tmp_path, monkeypatch):
                 p.mul_(0.05)
     pm.save_pretrained(tmp_path / "ad")
     ids = [prompt_ids(tok, [{"role": "user", "content": p}]) for p in PROMPTS]
-    lora_steps = {"n": 0}
-    real = LeanDecoder.step
-
-    def counted(self, *a, **kw):
-        lora_steps["n"] += (a[4] if len(a) > 4 else kw.get("lora")) is not None
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(LeanDecoder, "step", counted)
     got: dict[bool, dict[str, list]] = {}
     for lean in (False, True):
         engine = Engine(load_model(ModelConfig())[0], tok, lean_decode=lean, prefix_cache_size=0)
@@ -83,7 +65,7 @@ def test_lora_rows_in_the_lean_step_answer_as_peft_does(tmp_path, monkeypatch):
         for reqs in runs.values():
             engine._run(reqs)
         got[lean] = {k: [r.ids for r in reqs] for k, reqs in runs.items()}
-    assert lora_steps["n"] > 0
+    assert any(lo is not None for lo in lean_steps)
     assert got[True]["alone"] == got[False]["alone"]
     assert got[True]["adapter rows"] == got[False]["adapter rows"]
     (ad_lean, base_lean), (ad_peft, base_peft) = got[True]["mixed"], got[False]["mixed"]

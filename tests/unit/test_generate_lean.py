@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from llmtailor.generate import generate_detailed, lean_plan
-from llmtailor.serve.lean import LeanDecoder
 from tests.unit.serve.test_engine import spiky
 from tests.unit.serve.test_lean import ALL, _adapter
 
@@ -24,34 +23,21 @@ def tok():
     return build_tiny_tokenizer()
 
 
-@pytest.fixture()
-def steps(monkeypatch):
-    calls = {"n": 0}
-    real = LeanDecoder.step
-
-    def counted(self, *a, **kw):
-        calls["n"] += 1
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(LeanDecoder, "step", counted)
-    return calls
-
-
 def _both(model, tok, steps, **kw) -> list:
-    steps["n"] = 0
+    steps.clear()
     want = generate_detailed(model, tok, CONVS, max_new_tokens=20, batch_size=3, lean=False, **kw)
-    assert steps["n"] == 0
+    assert steps == []
     got = generate_detailed(model, tok, CONVS, max_new_tokens=20, batch_size=3, **kw)
     assert [(g.text, g.hit_limit) for g in got] == [(w.text, w.hit_limit) for w in want]
     return got
 
 
-def test_plain_model_answers_as_generate_does(tok, steps):
-    got = _both(spiky(tok), tok, steps)
-    assert steps["n"] > 0 and len({g.text for g in got}) == len(CONVS)
+def test_plain_model_answers_as_generate_does(tok, lean_steps):
+    got = _both(spiky(tok), tok, lean_steps)
+    assert lean_steps and len({g.text for g in got}) == len(CONVS)
 
 
-def test_an_early_end_of_turn_pads_the_row_as_generate_does(tok, steps):
+def test_an_early_end_of_turn_pads_the_row_as_generate_does(tok, lean_steps):
     """Rows that end early get padding while the others go on, and generation stops once all have ended."""
     import torch
 
@@ -66,27 +52,27 @@ def test_an_early_end_of_turn_pads_the_row_as_generate_does(tok, steps):
     with torch.no_grad():
         model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())  # untied from the embeddings
         model.lm_head.weight[tok.eos_token_id] = 1.05 * model.lm_head.weight[x]
-    got = _both(model, tok, steps)
+    got = _both(model, tok, lean_steps)
     assert not got[0].hit_limit and any(g.hit_limit for g in got)  # ended at the sixth token, others ran on
 
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")
-def test_a_lora_adapter_and_the_base_inside_disable_adapter(tok, steps, tmp_path: Path):
+def test_a_lora_adapter_and_the_base_inside_disable_adapter(tok, lean_steps, tmp_path: Path):
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(spiky(tok), _adapter(tmp_path / "b", 2, ALL, 8)).eval()
-    tuned = _both(model, tok, steps)
-    assert steps["n"] > 0
+    tuned = _both(model, tok, lean_steps)
+    assert lean_steps
     with model.disable_adapter():
-        base = _both(model, tok, steps)
-        assert steps["n"] > 0
+        base = _both(model, tok, lean_steps)
+        assert lean_steps
     assert [g.text for g in tuned] != [g.text for g in base]
     assert [g.text for g in base] == [g.text for g in generate_detailed(spiky(tok), tok, CONVS, max_new_tokens=20,
                                                                          batch_size=3, lean=False)]
 
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")
-def test_where_the_lean_step_does_not_apply_generate_answers(tok, steps, tmp_path: Path):
+def test_where_the_lean_step_does_not_apply_generate_answers(tok, lean_steps, tmp_path: Path):
     from peft import PeftModel
 
     from tests.unit.serve.test_engine import sliding
@@ -96,6 +82,6 @@ def test_where_the_lean_step_does_not_apply_generate_answers(tok, steps, tmp_pat
     penalised.generation_config.repetition_penalty = 1.3
     for model in (sliding(tok), dora, penalised):
         assert lean_plan(model) is None
-        steps["n"] = 0
+        lean_steps.clear()
         generate_detailed(model, tok, CONVS[:2], max_new_tokens=5)
-        assert steps["n"] == 0
+        assert lean_steps == []

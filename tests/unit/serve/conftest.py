@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,15 +21,16 @@ from llmtailor.serve.engine import Engine
 from tests.conftest import build_tiny_model, build_tiny_tokenizer
 
 
-def make_adapter(folder: Path, seed: int) -> Path:
-    """A LoRA adapter with large random weights, so its answers differ visibly from the base."""
+def make_adapter(folder: Path, seed: int, targets: list[str] | None = None, r: int = 4, **lora: Any) -> Path:
+    """A LoRA adapter with large random weights, so its answers differ visibly from the base. `targets`, `r` and
+    further LoraConfig fields (lora_alpha, use_dora, modules_to_save, ...) vary its shape."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     base = build_tiny_model(build_tiny_tokenizer())
     torch.manual_seed(seed)  # after building the base, which seeds itself
-    pm = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "o_proj"],
-                                                          init_lora_weights=False))
+    pm = get_peft_model(base, LoraConfig(r=r, target_modules=targets or ["q_proj", "v_proj", "o_proj"],
+                                         init_lora_weights=False, **lora))
     with torch.no_grad():
         for name, p in pm.named_parameters():
             if "lora_" in name:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,6 +29,18 @@ def _llama(tok, kv_heads: int, dtype=None):
     return model.to(dtype) if dtype is not None else model
 
 
+def _left_padded(tok, rows: list[list[int]]) -> tuple:
+    """Input ids, attention mask and position ids of `rows`, left-padded to the longest (as the engine lays them)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
 @pytest.fixture(scope="module")
 def tok():
     from tests.conftest import build_tiny_tokenizer
@@ -45,12 +56,7 @@ def test_lean_steps_equal_transformers_steps_on_a_left_padded_batch(tok, kv_head
 
     model = _llama(tok, kv_heads, getattr(torch, dtype))
     rows = [ids_of(tok, t) for t in TEXTS[:3]]
-    width = max(len(r) for r in rows)
-    ids = torch.full((3, width), tok.pad_token_id)
-    mask = torch.zeros((3, width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    ids, mask, pos = _left_padded(tok, rows)
     lean = LeanDecoder(model)
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
@@ -92,33 +98,25 @@ def test_only_plain_llama_models_on_cpu_are_eligible(tok, tmp_path: Path):
 
 
 def test_the_engine_decodes_base_batches_through_the_lean_step_with_the_same_answers(tok, tmp_path: Path,
-                                                                                     monkeypatch):
+                                                                                     lean_steps):
     prompts = [ids_of(tok, t) for t in TEXTS]
     want = [reference(spiky(tok), tok, p, 24) for p in prompts]
-    calls = {"n": 0}
-    real = LeanDecoder.step
-
-    def counted(self, *a, **kw):
-        calls["n"] += 1
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(LeanDecoder, "step", counted)
     for lean in (True, False):
-        calls["n"] = 0
+        lean_steps.clear()
         engine = Engine(spiky(tok), tok, lean_decode=lean)
         reqs = [GenRequest(p, 24) for p in prompts]
         engine._run(reqs)
         assert [r.ids for r in reqs] == want
-        assert (calls["n"] > 0) is lean
+        assert bool(lean_steps) is lean
     # with an adapter loaded, base batches go through the plain view and adapter batches add the LoRA rows; with
     # the lean step off, the same answers through PEFT
     for lean in (True, False):
         engine = Engine(spiky(tok), tok, lean_decode=lean)
         engine.add_adapter("a", make_adapter(tmp_path / "a", 7))
-        calls["n"] = 0
+        lean_steps.clear()
         ad = GenRequest(prompts[0], 24, adapter="a")
         engine._run([ad])
-        assert (calls["n"] > 0) is lean
+        assert bool(lean_steps) is lean
         base = GenRequest(prompts[0], 24)
         engine._run([base])
         assert base.ids == want[0]
@@ -128,22 +126,8 @@ def test_the_engine_decodes_base_batches_through_the_lean_step_with_the_same_ans
 
 
 def _adapter(folder: Path, seed: int, targets: list[str], r: int, **extra) -> Path:
-    """A LoRA adapter on the tiny base with large random weights (answers visibly differ from the base's)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from tests.conftest import build_tiny_model, build_tiny_tokenizer
-
-    base = build_tiny_model(build_tiny_tokenizer())
-    torch.manual_seed(seed)
-    pm = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False,
-                                         **extra))
-    with torch.no_grad():
-        for name, p in pm.named_parameters():
-            if "lora_" in name:
-                p.mul_(20)
-    pm.save_pretrained(folder)
-    return folder
+    """make_adapter with alpha = 2 x rank."""
+    return make_adapter(folder, seed, targets, r, lora_alpha=2 * r, **extra)
 
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -167,12 +151,7 @@ def test_mixed_lora_rows_in_the_lean_step_equal_peft_mixed_batch_logits(tok, tmp
     model.eval()
     names = ["b", None, "a", "c", "b"]
     rows = [ids_of(tok, TEXTS[i % 4]) for i in range(5)]
-    width = max(len(r) for r in rows)
-    ids = torch.full((5, width), tok.pad_token_id)
-    mask = torch.zeros((5, width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
-    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    ids, mask, pos = _left_padded(tok, rows)
     adapter_names = [n if n is not None else "__base__" for n in names]
     lean = LeanDecoder(plain_base(model))
     tables = {n: table(model, n, lean.group_sizes, len(lean.layers)) for n in paths}
@@ -197,7 +176,7 @@ def test_mixed_lora_rows_in_the_lean_step_equal_peft_mixed_batch_logits(tok, tmp
 
 @pytest.mark.filterwarnings("ignore:Model has `tie_word_embeddings=True`")
 def test_the_engine_serves_lora_rows_through_the_lean_step_and_peft_only_what_it_cannot(tok, tmp_path: Path,
-                                                                                      monkeypatch):
+                                                                                      lean_steps):
     from peft import PeftModel
 
     paths = {"a": _adapter(tmp_path / "a", 1, ["q_proj", "v_proj"], 4), "b": _adapter(tmp_path / "b", 2, ALL, 8),
@@ -206,23 +185,15 @@ def test_the_engine_serves_lora_rows_through_the_lean_step_and_peft_only_what_it
     want = {n: reference(PeftModel.from_pretrained(spiky(tok), p).eval(), tok, prompt, 16) for n, p in paths.items()}
     want[None] = reference(spiky(tok), tok, prompt, 16)
     assert len({tuple(w) for w in want.values()}) == 4
-    seen: list[Any] = []
-    real = LeanDecoder.step
-
-    def counted(self, *a, **kw):
-        seen.append(a[4] if len(a) > 4 else kw.get("lora"))
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(LeanDecoder, "step", counted)
     engine = Engine(spiky(tok), tok)
     for n, p in paths.items():
         engine.add_adapter(n, p)
     reqs = [GenRequest(prompt, 16, adapter=n) for n in ("a", None, "b", "a")]
     engine._run(reqs)
     assert [r.ids for r in reqs] == [want[r.adapter] for r in reqs]
-    assert seen and all(lo is not None and lo.slots == ["a", "b", None] for lo in seen)
-    seen.clear()
+    assert lean_steps and all(lo is not None and lo.slots == ["a", "b", None] for lo in lean_steps)
+    lean_steps.clear()
     solo = GenRequest(prompt, 16, adapter="saved")  # modules_to_save: PEFT's forward, the right answer all the same
     engine._run([solo])
-    assert solo.ids == want["saved"] and seen == []
+    assert solo.ids == want["saved"] and lean_steps == []
     assert "modules" in engine._lora_tables["saved"]
